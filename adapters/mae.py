@@ -1,0 +1,20 @@
+"""MAE (He et al., 2022): the encoder of the pre-training checkpoint."""
+
+from adapters.common import flat_timm
+from bench.adapter import Adapter, CheckpointFormat
+
+PRETRAIN = CheckpointFormat(
+    name="pretrain",
+    description="official pre-training file {'model': encoder+decoder, 'args', ...}; "
+    "decoder_*, mask_token dropped",
+    key_path=("model",),
+    strip_prefixes=("module.",),
+    drop=(r"^decoder", r"^mask_token$"),
+)
+
+ADAPTER = Adapter(
+    name="mae",
+    description="Masked autoencoder pre-training (encoder weights)",
+    formats=(PRETRAIN, flat_timm("timm-style encoder state dict; head/fc_norm dropped")),
+    published_sizes=("tiny", "small", "base", "large"),
+)

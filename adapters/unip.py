@@ -1,0 +1,83 @@
+"""UNIP (NMI-HAD distilled students): ViT-T/S/B whose last block has the teacher's heads.
+
+The head count of the last block cannot be read off the weights (qkv has the same shape
+for any head count), so it comes from the metadata the trainer saves with the checkpoint
+(``{'model': ..., 'unip': {'last_heads': H, ...}}``) or from ``last_heads=`` for released
+files without it. When neither says it, loading fails.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models.vision_transformer import Attention
+from torch import nn
+
+from adapters.common import flat_timm
+from bench.adapter import Adapter, AdapterError, CheckpointFormat
+
+UNIP_META_KEY = "unip"
+
+
+def _metadata_heads(raw: Any) -> int | None:
+    if isinstance(raw, dict):
+        meta = raw.get(UNIP_META_KEY)
+        if isinstance(meta, dict) and meta.get("last_heads") is not None:
+            return int(meta["last_heads"])
+    return None
+
+
+def replace_last_attention(vit: nn.Module, heads: int) -> nn.Module:
+    """Give the last block ``heads`` attention heads (same width, new head split)."""
+    blk = vit.blocks[-1]
+    old = blk.attn
+    dim = old.qkv.in_features
+    if dim % heads:
+        raise AdapterError(f"embed dim {dim} is not divisible by last_heads={heads}")
+    if old.num_heads == heads:
+        return vit
+    blk.attn = Attention(
+        dim,
+        num_heads=heads,
+        qkv_bias=old.qkv.bias is not None,
+        qk_norm=not isinstance(old.q_norm, nn.Identity),
+    )
+    return vit
+
+
+class UnipAdapter(Adapter):
+    def customise(self, vit: nn.Module, context: dict) -> nn.Module:
+        given = context.get("last_heads")
+        stored = _metadata_heads(context.get("raw"))
+        if given is not None and stored is not None and int(given) != stored:
+            raise AdapterError(
+                f"last_heads={given} contradicts the checkpoint's metadata "
+                f"({UNIP_META_KEY}.last_heads={stored})"
+            )
+        heads = given if given is not None else stored
+        if heads is None and "raw" in context:
+            raise AdapterError(
+                "UNIP checkpoint has no 'unip.last_heads' metadata and no last_heads= was "
+                "given: the last block's head count (the teacher layer's, e.g. 16 for a "
+                "ViT-L teacher) cannot be inferred from the weights. Pass last_heads=H."
+            )
+        if heads is not None:
+            vit = replace_last_attention(vit, int(heads))
+            context.setdefault("meta_extra", {})["last_heads"] = int(heads)
+        return vit
+
+
+TRAINER = CheckpointFormat(
+    name="unip",
+    description="UNIP pre-training output {'model': prefix-free student, 'unip': "
+    "{'last_heads', ...}}",
+    key_path=("model",),
+    strip_prefixes=("module.", "student."),
+)
+
+ADAPTER = UnipAdapter(
+    name="unip",
+    description="UNIP: NMI-HAD distilled student (last block with the teacher's heads)",
+    formats=(TRAINER, flat_timm("flat student state dict (needs last_heads=)")),
+    published_sizes=("tiny", "small", "base"),
+)

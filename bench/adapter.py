@@ -1,0 +1,335 @@
+"""The adapter contract: how a pre-training method's checkpoints become a Backbone.
+
+An adapter declares its checkpoint formats explicitly (key path, prefixes, dropped keys,
+renames, an optional converter). Loading picks a format by the checkpoint's *structure*
+(a directory is an HF export; otherwise the first declared format whose key path
+resolves), converts, then checks the exact sets of missing and unexpected keys, so a
+checkpoint from another method fails loudly instead of loading half its weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneMeta
+from bench.registry import ADAPTERS, RegistryError, did_you_mean
+
+
+class AdapterError(ValueError):
+    """A checkpoint that does not fit the adapter it was handed to."""
+
+
+# ViT geometry by size (patch 16). Depth 24 for L.
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+}
+SIZE_ALIASES = {
+    "t": "tiny", "tiny": "tiny", "vit-t": "tiny", "vit_t": "tiny",
+    "s": "small", "small": "small", "vit-s": "small", "vit_s": "small",
+    "b": "base", "base": "base", "vit-b": "base", "vit_b": "base",
+    "l": "large", "large": "large", "vit-l": "large", "vit_l": "large",
+}
+SIZE_LETTER = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
+
+
+def canonical_size(size: str) -> str:
+    """'S', 'small', 'vit_s' -> 'small'; anything else is an error with a suggestion."""
+    key = str(size).strip().lower()
+    if key in SIZE_ALIASES:
+        return SIZE_ALIASES[key]
+    raise AdapterError(
+        f"unknown ViT size {size!r}; use one of T/S/B/L (tiny, small, base, large)."
+        + did_you_mean(key, list(SIZE_ALIASES))
+    )
+
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """One published layout of a method's checkpoint.
+
+    ``key_path``: nested keys leading to the state dict (``()`` = the file is the dict).
+    ``strip_prefixes``: removed from the start of every key, in order, where present.
+    ``keep_prefix``: if set, only keys starting with it are kept (then it is stripped).
+    ``drop``: regexes of keys that are discarded (decoders, heads, mask tokens ...).
+    ``rename``: (regex, replacement) pairs applied in order after dropping.
+    ``convert``: a final function ``(state, context) -> state`` for what renames cannot
+    express (fusing q/k/v, removing a distillation token's position embedding).
+    ``directory``: the format is a Hugging Face export folder (config.json + weights).
+    """
+
+    name: str
+    description: str
+    key_path: tuple[str, ...] = ()
+    strip_prefixes: tuple[str, ...] = ()
+    keep_prefix: str | None = None
+    drop: tuple[str, ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+    convert: Callable[[StateDict, dict], StateDict] | None = None
+    directory: bool = False
+
+    def extract(self, obj: Any) -> Any:
+        """Follow ``key_path``; None when the checkpoint does not have that structure."""
+        for k in self.key_path:
+            if not isinstance(obj, Mapping) or k not in obj:
+                return None
+            obj = obj[k]
+        return obj if isinstance(obj, Mapping) else None
+
+    def apply(self, state: Mapping[str, Any], context: dict) -> StateDict:
+        out: StateDict = {}
+        drop_res = [re.compile(p) for p in self.drop]
+        for key, value in state.items():
+            k = str(key)
+            if self.keep_prefix is not None:
+                if not k.startswith(self.keep_prefix):
+                    continue
+                k = k[len(self.keep_prefix) :]
+            for p in self.strip_prefixes:
+                if k.startswith(p):
+                    k = k[len(p) :]
+            if any(r.search(k) for r in drop_res):
+                continue
+            for pattern, repl in self.rename:
+                k = re.sub(pattern, repl, k)
+            out[k] = value
+        if self.convert is not None:
+            out = self.convert(out, context)
+        return out
+
+
+@dataclass
+class Adapter:
+    """A pre-training method: its name, sizes, normalisation and checkpoint formats."""
+
+    name: str
+    description: str
+    formats: tuple[CheckpointFormat, ...]
+    published_sizes: tuple[str, ...] = ("tiny", "small", "base", "large")
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    layer_scale: bool = False  # DeiT III: LayerScale in every block
+    vit_kwargs: dict[str, Any] = field(default_factory=dict)
+    drop_path: dict[str, float] = field(default_factory=lambda: {"large": 0.2})
+
+    # -- architecture ------------------------------------------------------------------
+    def build_vit(
+        self,
+        size: str,
+        img_size: int | tuple[int, int] = 224,
+        drop_path_rate: float | None = None,
+        depth: int | None = None,
+        **overrides: Any,
+    ) -> nn.Module:
+        """A randomly initialised timm ViT of this method's architecture."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        size = canonical_size(size)
+        geo = dict(VIT_SIZES[size])
+        if depth is not None:
+            geo["depth"] = int(depth)
+        if drop_path_rate is None:
+            drop_path_rate = self.drop_path.get(size, 0.1)
+        kwargs: dict[str, Any] = dict(
+            img_size=img_size,
+            patch_size=16,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            num_classes=0,
+            global_pool="token",
+            drop_path_rate=drop_path_rate,
+            dynamic_img_size=True,
+        )
+        if self.layer_scale:
+            kwargs["init_values"] = 1e-4
+        kwargs.update(geo)
+        kwargs.update(self.vit_kwargs)
+        kwargs.update(overrides)
+        return VisionTransformer(**kwargs)
+
+    def customise(self, vit: nn.Module, context: dict) -> nn.Module:
+        """Hook for method-specific architecture changes (UNIP's last block)."""
+        return vit
+
+    def format(self, name: str) -> CheckpointFormat:
+        for f in self.formats:
+            if f.name == name:
+                return f
+        names = [f.name for f in self.formats]
+        raise AdapterError(
+            f"adapter {self.name!r} has no checkpoint format {name!r}; it declares "
+            f"{', '.join(names)}." + did_you_mean(name, names)
+        )
+
+    def choose_format(self, raw: Any, is_directory: bool) -> CheckpointFormat:
+        """First declared format whose structure the checkpoint has (never key sniffing)."""
+        candidates = [f for f in self.formats if f.directory == is_directory]
+        if not candidates:
+            kind = "a Hugging Face export directory" if is_directory else "a checkpoint file"
+            raise AdapterError(f"adapter {self.name!r} declares no format that reads {kind}")
+        for f in candidates:
+            if f.extract(raw) is not None:
+                return f
+        return candidates[-1]  # the most general one; its key check will say what is wrong
+
+    def describe_formats(self) -> list[str]:
+        return [f"{f.name}: {f.description}" for f in self.formats]
+
+
+def register_adapter(adapter: Adapter, overwrite: bool = False) -> Adapter:
+    """Register an adapter object directly (plug-ins normally use entry points)."""
+    ADAPTERS.register(adapter.name, adapter, overwrite=overwrite)
+    return adapter
+
+
+def get_adapter(name: str) -> Adapter:
+    try:
+        obj = ADAPTERS.get(name)
+    except RegistryError as exc:
+        raise AdapterError(str(exc)) from None
+    if not isinstance(obj, Adapter):
+        raise AdapterError(f"entry point for adapter {name!r} is not an Adapter: {obj!r}")
+    return obj
+
+
+def list_adapters() -> list[str]:
+    return ADAPTERS.names()
+
+
+def check_keys(
+    adapter: str, fmt: str, source: str, model: nn.Module, state: Mapping[str, Any]
+) -> None:
+    """Raise AdapterError naming every missing / unexpected / mis-shaped key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shape_bad = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if isinstance(state[k], torch.Tensor)
+        and k != "pos_embed"  # resampled separately
+        and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    common = set(expected) & set(state)
+    not_tensor = sorted(k for k in common if not isinstance(state[k], torch.Tensor))
+    if not (missing or unexpected or shape_bad or not_tensor):
+        return
+
+    def _few(keys: Sequence[str], n: int = 12) -> str:
+        more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+        return ", ".join(keys[:n]) + more
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_few(unexpected)}")
+    if shape_bad:
+        parts.append(f"shape mismatches ({len(shape_bad)}): {_few(shape_bad, 6)}")
+    if not_tensor:
+        parts.append(f"non-tensor values: {_few(not_tensor)}")
+    raise AdapterError(
+        f"checkpoint {source} does not fit adapter {adapter!r} (format {fmt!r}): "
+        + "; ".join(parts)
+    )
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int
+) -> torch.Tensor:
+    """Bicubic resampling of a ``1 x (prefix + h*w) x D`` table to ``grid``, prefix kept."""
+    prefix, table = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    n = table.shape[1]
+    side = int(round(n**0.5))
+    if side * side != n:
+        raise AdapterError(f"position table of {n} entries is not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    d = table.shape[-1]
+    t = table.reshape(1, side, side, d).permute(0, 3, 1, 2).float()
+    t = torch.nn.functional.interpolate(t, size=grid, mode="bicubic", align_corners=False)
+    t = t.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], d).to(pos_embed.dtype)
+    return torch.cat([prefix, t], dim=1)
+
+
+def as_pair(img_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(img_size, int):
+        return (img_size, img_size)
+    h, w = img_size
+    return (int(h), int(w))
+
+
+def load_backbone(
+    name: str,
+    size: str = "small",
+    checkpoint: str | Path | None = None,
+    img_size: int | Sequence[int] = 224,
+    *,
+    format: str | None = None,
+    sha256: str | None = None,
+    drop_path_rate: float | None = None,
+    cache_dir: str | Path | None = None,
+    **options: Any,
+) -> Backbone:
+    """Build ``name``'s ViT of ``size`` and load ``checkpoint`` into it.
+
+    ``checkpoint`` is a local file (.pth/.pt/.bin/.safetensors), a Hugging Face export
+    directory, an ``https://`` URL (cached, sha256-verified when ``sha256`` is given) or
+    None for random initialisation (recorded in ``backbone.meta.random_init``).
+    Extra ``options`` go to the adapter (e.g. ``last_heads`` for UNIP, ``depth`` for
+    shallow test models).
+    """
+    from bench.checkpoint import read_checkpoint, resolve_checkpoint
+
+    adapter = get_adapter(name)
+    size = canonical_size(size)
+    img = as_pair(img_size)
+    context: dict[str, Any] = {"adapter": adapter.name, "size": size, **options}
+    meta = BackboneMeta(adapter=adapter.name, size=size)
+
+    raw = None
+    fmt: CheckpointFormat | None = None
+    if checkpoint is not None:
+        path, digest = resolve_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
+        raw, file_meta = read_checkpoint(path)
+        fmt = adapter.format(format) if format else adapter.choose_format(raw, path.is_dir())
+        context["file_metadata"] = file_meta
+        context["raw"] = raw
+        meta.checkpoint = str(checkpoint)
+        meta.checkpoint_sha256 = digest
+        meta.checkpoint_format = fmt.name
+        meta.random_init = False
+    depth = options.get("depth")
+    build_kwargs = {k: v for k, v in options.items() if k in ("patch_size",)}
+    if fmt is not None and fmt.directory:
+        build_kwargs.update(context.get("file_metadata", {}).get("vit_kwargs", {}))
+        depth = build_kwargs.pop("depth", depth)
+    vit = adapter.build_vit(size, img, drop_path_rate=drop_path_rate, depth=depth, **build_kwargs)
+    vit = adapter.customise(vit, context)
+    if fmt is not None:
+        src = raw if fmt.directory else fmt.extract(raw)
+        if src is None:
+            src = raw if isinstance(raw, Mapping) else {}
+        state = fmt.apply(src, context)
+        check_keys(adapter.name, fmt.name, str(checkpoint), vit, state)
+        if "pos_embed" in state:
+            ckpt_pos = state["pos_embed"]
+            n_prefix = vit.num_prefix_tokens
+            side = int(round((ckpt_pos.shape[1] - n_prefix) ** 0.5))
+            meta.pretrain_img_size = side * vit.patch_embed.patch_size[0]
+            state["pos_embed"] = resample_pos_embed(ckpt_pos, vit.patch_embed.grid_size, n_prefix)
+        vit.load_state_dict(state, strict=True)
+    meta.extra.update(context.get("meta_extra", {}))
+    return Backbone(vit, meta, mean=adapter.mean, std=adapter.std)

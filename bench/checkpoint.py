@@ -1,0 +1,112 @@
+"""Reading checkpoints safely: untrusted pickles, safetensors, HF export folders, URLs.
+
+Pickled checkpoints are read with ``weights_only=True`` and only the harmless extra types
+real checkpoints carry (``argparse.Namespace`` in MAE/DINO/DeiT training files, numpy
+scalars); anything that would run code is refused before it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely; the message names the file."""
+
+
+def _safe_globals() -> list:
+    allowed: list = [argparse.Namespace]
+    try:
+        import numpy as np
+
+        allowed += [np.dtype, np.ndarray]
+        core = getattr(np, "_core", None) or np.core
+        allowed.append(core.multiarray.scalar)
+        allowed.append(core.multiarray._reconstruct)
+        allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
+    except Exception:  # numpy is optional for reading checkpoints
+        pass
+    return allowed
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_pickle_checkpoint(path: Path) -> Any:
+    """``torch.load`` with weights_only=True and an explicit allow-list; clear errors."""
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc).split("\n")
+        detail = next((line for line in msg if "Unsupported global" in line), msg[0])
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain weights file and loading it would "
+            f"execute code or build untrusted objects ({detail.strip()}). Nothing was run. "
+            "If you trust the file, convert it to safetensors or a plain state dict first."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is truncated or corrupt "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
+
+
+def read_checkpoint(path: Path) -> tuple[Any, dict]:
+    """The checkpoint's content and metadata (e.g. an HF export's parsed config).
+
+    Files: ``.safetensors`` or a torch pickle. Directories: Hugging Face exports.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from bench.hf_export import read_hf_export
+
+        return read_hf_export(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path), {}
+    return load_pickle_checkpoint(path), {}
+
+
+def resolve_checkpoint(
+    checkpoint: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None
+) -> tuple[Path, str | None]:
+    """A local path for ``checkpoint`` (downloading URLs once) and its sha256 if known."""
+    spec = str(checkpoint)
+    if spec.startswith(("http://", "https://")):
+        from bench.download import download_cached
+
+        path = download_cached(spec, sha256=sha256, cache_dir=cache_dir)
+        return path, sha256 or sha256_file(path)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        return path, None
+    digest = sha256_file(path)
+    if sha256 and digest.lower() != sha256.lower():
+        raise CheckpointError(f"checkpoint {path} has sha256 {digest}, expected {sha256}")
+    return path, digest

@@ -1,0 +1,77 @@
+"""The ``unipbench`` command line: parses arguments, calls one function, prints.
+
+Built-in commands live in :mod:`bench.commands` (one module per command family, each with
+``register(subparsers)``); plug-ins (UNIP's ``analyze``, ``distill``, ``infmix``) add theirs
+through the ``unipbench.commands`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bench.registry import COMMANDS, RegistryError
+
+BUILTIN_COMMAND_MODULES = (
+    "bench.commands.adapters",
+    "bench.commands.data",
+    "bench.commands.train",
+    "bench.commands.flops",
+    "bench.commands.suite",
+    "bench.commands.results",
+)
+
+
+class CommandError(RuntimeError):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="unipbench",
+        description="Benchmark pre-trained ViTs on infrared semantic segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"unip-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod_name in BUILTIN_COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:  # a command family not present in this install
+                continue
+            raise
+        mod.register(sub)
+    for name in COMMANDS.names():
+        try:
+            COMMANDS.get(name)(sub)
+        except RegistryError as exc:  # one broken plug-in must not take the CLI down
+            print(f"unipbench: warning: {exc}", file=sys.stderr)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; completed work is kept and a rerun resumes it", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, FileNotFoundError, KeyError) as exc:
+        # User errors (bad flag, file, YAML, checkpoint) get one clear line, no traceback.
+        if getattr(args, "debug", False):
+            raise
+        print(f"unipbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in ``unipbench`` sub-commands, one module per family."""

@@ -1,0 +1,1 @@
+"""Segmentation models: segmentor = backbone + neck + decode head (+ auxiliary head)."""

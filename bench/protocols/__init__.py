@@ -1,0 +1,1 @@
+"""Evaluation protocols: fine-tuning, linear probing, layer-wise probing."""

@@ -1,0 +1,1 @@
+"""UNIP: attention-pattern analysis (NMI), NMI-HAD distillation, InfMix and LL-FPN."""
