@@ -1,0 +1,297 @@
+"""Every hyperparameter of the three evaluation protocols, with the paper's values as defaults.
+
+One pydantic model per protocol. Per-dataset (schedules), per-size (ViT-L blocks, drop
+path) and per-adapter (UNIP's layer decay and LL-FPN) defaults live in the tables below
+and are applied by :func:`resolve_settings` before the user's overrides, so no number is
+hidden in the trainers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bench.registry import did_you_mean
+
+# Bumped whenever a change could move a stored number (schedule, inference, metric).
+PROTOCOL_VERSION = "1.0"
+
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+
+
+class ProtocolSettings(BaseModel):
+    """What all three protocols share: data pipeline, inference, optimiser, schedule, runtime.
+
+    ``iters`` and ``warmup_iters`` have no global default: they come from the dataset
+    table (:data:`DATASET_DEFAULTS`) or from an override.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- data pipeline (mmseg-style, the paper's 512 x 512 setting)
+    crop_size: int = Field(512, gt=0, description="Random crop side for training (pixels).")
+    scale: tuple[int, int] = Field(
+        (2048, 512),
+        description="Resize target (long, short) before ratio jitter; also the test resize.",
+    )
+    ratio_range: tuple[float, float] = Field(
+        (0.5, 2.0), description="Random rescale range applied to `scale` while training."
+    )
+    cat_max_ratio: float = Field(
+        0.75, gt=0, le=1, description="Random crop retries until no class covers more than this."
+    )
+    batch_size: int = Field(8, gt=0, description="Total batch over all processes per step.")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers per process.")
+    train_split: str = Field("train", description="Split used for training.")
+    eval_split: str | None = Field(
+        None, description="Split evaluated; None = the dataset's default evaluation split."
+    )
+
+    # ---- inference
+    inference: Literal["slide", "whole"] = Field(
+        "slide", description="Sliding-window (paper) or whole-image evaluation."
+    )
+    slide_crop: int = Field(512, gt=0, description="Sliding-window crop side (pixels).")
+    slide_stride: int = Field(341, gt=0, description="Sliding-window stride (pixels).")
+
+    # ---- optimiser: AdamW
+    lr: float = Field(1e-4, gt=0, description="Base learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(
+        0.05, ge=0, description="AdamW weight decay (none on biases, norms, tokens)."
+    )
+
+    # ---- schedule: linear warm-up, then poly to 0, per iteration
+    iters: int | None = Field(None, gt=0, description="Optimiser steps (from the dataset table).")
+    warmup_iters: int | None = Field(
+        None, ge=0, description="Linear warm-up steps (from the dataset table)."
+    )
+    warmup_ratio: float = Field(1e-6, ge=0, description="lr multiplier at step 0 (mmseg).")
+    poly_power: float = Field(1.0, gt=0, description="Poly decay power after warm-up.")
+    min_lr_ratio: float = Field(0.0, ge=0, description="Floor of the poly decay (x lr).")
+
+    # ---- backbone features
+    layers: list[int] = Field(
+        [3, 5, 7, 11], description="Zero-based blocks read (ViT-L: [7, 11, 15, 23])."
+    )
+
+    # ---- runtime (not from the paper; choices that do not move the numbers)
+    eval_interval: int = Field(
+        1600, ge=0, description="Evaluate every N steps (0 = only at the end; always at the end)."
+    )
+    checkpoint_interval: int = Field(
+        800, ge=0, description="Save resumable state every N steps (0 = never)."
+    )
+    grad_accum_steps: int = Field(
+        1, gt=0, description="Micro-batches per optimiser step; batch_size is the total."
+    )
+    mixed_precision: MixedPrecision = Field(
+        "auto",
+        description="'auto': fp16 + GradScaler on CUDA, full precision on CPU; "
+        "'bf16' autocasts on CPU too; 'no' never autocasts.",
+    )
+    log_interval: int = Field(20, gt=0, description="Progress-bar loss refresh, in steps.")
+
+    @field_validator("ratio_range")
+    @classmethod
+    def _ordered_ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"ratio_range must be 0 < low <= high, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProtocolSettings:
+        if self.slide_stride > self.slide_crop:
+            raise ValueError(
+                f"slide_stride {self.slide_stride} > slide_crop {self.slide_crop} leaves "
+                "pixels unpredicted"
+            )
+        if self.iters is not None and self.warmup_iters is not None and (
+            self.warmup_iters > self.iters
+        ):
+            raise ValueError(f"warmup_iters {self.warmup_iters} exceeds iters {self.iters}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum_steps "
+                f"{self.grad_accum_steps}"
+            )
+        return self
+
+
+class FineTuneSettings(ProtocolSettings):
+    """Full fine-tuning: backbone + neck + UPerNet + auxiliary FCN, layer-wise lr decay."""
+
+    layer_decay: float = Field(
+        0.65,
+        gt=0,
+        le=1,
+        description="Layer-wise lr decay: multiplier decay^(L+1-layer_id). 0.65 for the "
+        "baselines; UNIP's per-adapter default is 0.85 (ADAPTER_DEFAULTS).",
+    )
+    drop_path: float = Field(0.1, ge=0, lt=1, description="Stochastic depth (ViT-L: 0.2).")
+    neck: str = Field(
+        "multilevel",
+        description="NECKS registry name: 'multilevel' (blocks `layers`) or 'llfpn' "
+        "(last block only; UNIP's per-adapter default).",
+    )
+    head: str = Field("uperhead", description="HEADS registry name of the decode head.")
+    head_channels: int | None = Field(
+        None, gt=0, description="UPerNet channels; None = the backbone's embed dim."
+    )
+    pool_scales: tuple[int, ...] = Field((1, 2, 3, 6), description="UPerNet PPM pool scales.")
+    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
+    aux_head: str | None = Field("fcn", description="Auxiliary head (None = no auxiliary).")
+    aux_channels: int = Field(256, gt=0, description="Auxiliary FCN channels.")
+    aux_num_convs: int = Field(1, ge=0, description="Auxiliary FCN 3x3 convs.")
+    aux_in_index: int = Field(
+        2, ge=0, le=3, description="Pyramid level fed to the auxiliary head (2 = 1/16)."
+    )
+    aux_loss_weight: float = Field(0.4, ge=0, description="Auxiliary loss weight.")
+    aux_dropout: float = Field(0.1, ge=0, lt=1, description="Auxiliary head dropout.")
+
+
+class LinearProbeSettings(ProtocolSettings):
+    """Frozen backbone; blocks `layers` concatenated (4·D) into one 1x1 conv head."""
+
+    head: Literal["linear", "bn_linear"] = Field(
+        "linear", description="'linear' (official configs: 1x1 conv) or 'bn_linear' (BN first)."
+    )
+    mode: Literal["on_the_fly", "cached"] = Field(
+        "on_the_fly",
+        description="'on_the_fly': the fine-tuning pipeline with augmentation; 'cached': "
+        "features of test-transformed, centre-cropped images computed once and reused "
+        "by every lr of `sweep_lrs` (not the paper's protocol, recorded with the result).",
+    )
+    sweep_lrs: list[float] = Field(
+        [1e-4, 3e-4, 1e-3, 3e-3],
+        min_length=1,
+        description="Learning rates trained together in cached mode (ours, not the paper's); "
+        "the best one is reported.",
+    )
+    cache_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="Storage type of cached features (halves memory at paper scale)."
+    )
+
+    @field_validator("sweep_lrs")
+    @classmethod
+    def _positive_lrs(cls, v: list[float]) -> list[float]:
+        if any(lr <= 0 for lr in v):
+            raise ValueError(f"every sweep lr must be > 0, got {v}")
+        return v
+
+
+class LayerwiseProbeSettings(ProtocolSettings):
+    """Frozen backbone; one D -> classes 1x1 conv per block, all trained in one pass."""
+
+    layers: Literal["all"] | list[int] = Field(  # type: ignore[assignment]
+        "all", description="'all' blocks or a list of zero-based block indices."
+    )
+    head: Literal["linear", "bn_linear"] = Field("linear", description="Per-layer head.")
+
+
+Settings = FineTuneSettings | LinearProbeSettings | LayerwiseProbeSettings
+
+SETTINGS_CLASSES: dict[str, type[ProtocolSettings]] = {
+    "fine_tune": FineTuneSettings,
+    "linear_probe": LinearProbeSettings,
+    "layerwise_probe": LayerwiseProbeSettings,
+}
+
+PROTOCOL_ALIASES = {
+    "fine_tune": "fine_tune", "finetune": "fine_tune", "ft": "fine_tune",
+    "linear_probe": "linear_probe", "linearprobe": "linear_probe", "lp": "linear_probe",
+    "layerwise_probe": "layerwise_probe", "layerwise": "layerwise_probe",
+}
+
+# Per dataset (paper, total batch 8): warm-up and total iterations, about 100 epochs.
+# NYUv2's layer-wise probing uses 480 crops; its stride keeps the paper's 2/3 overlap
+# ratio (341/512). Datasets not listed need `iters` and `warmup_iters` given explicitly.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "soda": {"warmup_iters": 1500, "iters": 14400},
+    "mfnet": {"warmup_iters": 1000, "iters": 9800},
+    "scutseg": {"warmup_iters": 1700, "iters": 16800},
+    "nyuv2": {"crop_size": 480, "slide_crop": 480, "slide_stride": 320},
+}
+
+# Per ViT size: ViT-L reads deeper blocks and uses more stochastic depth.
+SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "large": {
+        "fine_tune": {"layers": [7, 11, 15, 23], "drop_path": 0.2},
+        "linear_probe": {"layers": [7, 11, 15, 23]},
+    },
+}
+
+# Per adapter: UNIP students are fine-tuned with layer decay 0.85 and the LL-FPN neck.
+ADAPTER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "unip": {"fine_tune": {"layer_decay": 0.85, "neck": "llfpn"}},
+}
+
+
+def canonical_protocol(protocol: str) -> str:
+    key = re.sub(r"[^a-z_]", "_", str(protocol).strip().lower())
+    if key in PROTOCOL_ALIASES:
+        return PROTOCOL_ALIASES[key]
+    key = key.replace("_", "")
+    if key in PROTOCOL_ALIASES:
+        return PROTOCOL_ALIASES[key]
+    raise ValueError(
+        f"unknown protocol {protocol!r}; use one of {', '.join(SETTINGS_CLASSES)}."
+        + did_you_mean(str(protocol), list(PROTOCOL_ALIASES))
+    )
+
+
+def dataset_key(name: str) -> str:
+    """'SCUT-Seg', 'scut_seg' -> 'scutseg': the key of the per-dataset table."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _size_key(size: str) -> str:
+    from bench.adapter import canonical_size
+
+    return canonical_size(size)
+
+
+def resolve_settings(
+    protocol: str,
+    dataset: str,
+    adapter: str,
+    size: str,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Class defaults <- dataset table <- size table <- adapter table <- ``overrides``.
+
+    An unknown override key raises ValueError with a did-you-mean suggestion; a value of
+    the wrong type raises pydantic's ValidationError (also a ValueError).
+    """
+    proto = canonical_protocol(protocol)
+    cls = SETTINGS_CLASSES[proto]
+    fields = set(cls.model_fields)
+    values: dict[str, Any] = {}
+    for layer in (
+        DATASET_DEFAULTS.get(dataset_key(dataset), {}),
+        SIZE_DEFAULTS.get(_size_key(size), {}).get(proto, {}),
+        ADAPTER_DEFAULTS.get(str(adapter).lower(), {}).get(proto, {}),
+    ):
+        values.update({k: v for k, v in layer.items() if k in fields})
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(
+                f"unknown setting {key!r} for protocol {proto}."
+                + did_you_mean(key, sorted(fields))
+            )
+        values[key] = value
+    settings = cls(**values)
+    missing = [k for k in ("iters", "warmup_iters") if getattr(settings, k) is None]
+    if missing:
+        raise ValueError(
+            f"dataset {dataset!r} has no paper schedule; set {' and '.join(missing)} "
+            f"(e.g. --set iters=16000 --set warmup_iters=1500)."
+        )
+    return settings  # type: ignore[return-value]
+
+
+def settings_from_dict(protocol: str, data: dict[str, Any]) -> Settings:
+    """Rebuild settings stored in a result (exact field set, validated)."""
+    return SETTINGS_CLASSES[canonical_protocol(protocol)](**data)  # type: ignore[return-value]
