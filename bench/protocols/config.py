@@ -44,7 +44,9 @@ class ProtocolSettings(BaseModel):
     )
     batch_size: int = Field(8, gt=0, description="Total batch over all processes per step.")
     num_workers: int = Field(2, ge=0, description="DataLoader workers per process.")
-    train_split: str = Field("train", description="Split used for training.")
+    train_split: str | None = Field(
+        None, description="Split trained on; None = the dataset's training split."
+    )
     eval_split: str | None = Field(
         None, description="Split evaluated; None = the dataset's default evaluation split."
     )
@@ -206,14 +208,18 @@ PROTOCOL_ALIASES = {
 }
 
 # Per dataset (paper, total batch 8): warm-up and total iterations, about 100 epochs.
-# NYUv2's layer-wise probing uses 480 crops; its stride keeps the paper's 2/3 overlap
-# ratio (341/512). Datasets not listed need `iters` and `warmup_iters` given explicitly.
+# The depth datasets of layer-wise probing use 480 crops (as their DatasetInfo says); the
+# stride keeps the paper's 2/3 overlap ratio (341/512). Datasets without a schedule here
+# need `iters` and `warmup_iters` given explicitly. Keys are dataset_key() of the name.
+_DEPTH_480 = {"crop_size": 480, "scale": (2048, 480), "slide_crop": 480, "slide_stride": 320}
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "soda": {"warmup_iters": 1500, "iters": 14400},
-    "mfnet": {"warmup_iters": 1000, "iters": 9800},
+    "mfnetthermal": {"warmup_iters": 1000, "iters": 9800},
     "scutseg": {"warmup_iters": 1700, "iters": 16800},
-    "nyuv2": {"crop_size": 480, "slide_crop": 480, "slide_stride": 320},
+    "nyuv2depth": dict(_DEPTH_480),
+    "sunrgbddepth": dict(_DEPTH_480),
 }
+DATASET_ALIASES = {"mfnet": "mfnetthermal", "nyuv2": "nyuv2depth", "sunrgbd": "sunrgbddepth"}
 
 # Per ViT size: ViT-L reads deeper blocks and uses more stochastic depth.
 SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -243,8 +249,9 @@ def canonical_protocol(protocol: str) -> str:
 
 
 def dataset_key(name: str) -> str:
-    """'SCUT-Seg', 'scut_seg' -> 'scutseg': the key of the per-dataset table."""
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+    """'SCUT-Seg', 'scut_seg' -> 'scutseg'; 'MFNet' -> 'mfnetthermal' (the table's keys)."""
+    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    return DATASET_ALIASES.get(key, key)
 
 
 def _size_key(size: str) -> str:
