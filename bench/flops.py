@@ -1,0 +1,206 @@
+"""Compute cost of a backbone and of backbone + decode head, in multiply-adds (GMACs).
+
+Counted with fvcore's ``FlopCountAnalysis`` (one multiply-add = one flop). fvcore has no
+handler for ``aten::scaled_dot_product_attention`` (timm's fused attention), so one is
+added here; timm's unfused path goes through ``aten::matmul``, which fvcore already counts.
+Every count is reported twice: with the attention matmuls (q@k^T and attn@v; the
+convention of timm's results tables) and without them (the convention of mmcv's
+``get_model_complexity_info``, which the UNIP paper used and which only sees modules).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from typing import Any
+
+import torch
+from torch import nn
+
+CONVENTION = "multiply-adds"
+# Ops that, inside an attention module, are the token-token products (not projections).
+ATTENTION_MATMUL_OPS = frozenset(
+    {"scaled_dot_product_attention", "matmul", "bmm", "baddbmm", "einsum"}
+)
+
+
+def _import_fvcore() -> Any:
+    # fvcore.nn scripts a loss function at import time, which torch now warns about.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import fvcore.nn
+        import fvcore.nn.jit_handles
+    return fvcore.nn
+
+
+def _shape(value: Any) -> list[int]:
+    shape = _import_fvcore().jit_handles.get_shape(value)
+    if shape is None:
+        raise ValueError("scaled_dot_product_attention input without a static shape")
+    return list(shape)
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """Multiply-adds of ``softmax(q @ k^T) @ v``: the two matmuls, nothing else.
+
+    q: ``... x Nq x E``, k: ``... x Nk x E``, v: ``... x Nk x Ev``. Softmax, scaling and
+    masking are elementwise and left out, as fvcore does for every other op.
+    """
+    q, k, v = (_shape(x) for x in inputs[:3])
+    rows = math.prod(q[:-1])  # batch x heads x queries
+    return rows * k[-2] * q[-1] + rows * k[-2] * v[-1]
+
+
+def _attention_module_names(model: nn.Module) -> list[str]:
+    """Names of the outermost attention modules (timm ``Attention`` and look-alikes)."""
+    names: list[str] = []
+    for name, mod in model.named_modules():
+        if not type(mod).__name__.endswith("Attention"):
+            continue
+        if any(name.startswith(n + ".") for n in names):
+            continue
+        names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """Multiply-adds of one forward pass, split into attention matmuls and the rest."""
+
+    total: int
+    attention: int
+    unsupported_ops: dict[str, int]
+
+    @property
+    def without_attention(self) -> int:
+        return self.total - self.attention
+
+
+def count_macs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> MacCount:
+    """Trace ``model(*inputs)`` once with fvcore and count multiply-adds."""
+    FlopCountAnalysis = _import_fvcore().FlopCountAnalysis  # noqa: N806
+
+    was_training = model.training
+    model.eval()
+    try:
+        fca = FlopCountAnalysis(model, inputs)
+        fca.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        fca.unsupported_ops_warnings(False)
+        fca.uncalled_modules_warnings(False)
+        fca.tracer_warnings("none")
+        with warnings.catch_warnings(), torch.no_grad():
+            # torch.jit.trace is deprecated in favour of export, but fvcore is built on it.
+            warnings.simplefilter("ignore", FutureWarning)
+            total = int(fca.total())
+        per_module = fca.by_module_and_operator()
+        attention = sum(
+            int(count)
+            for name in _attention_module_names(model)
+            for op, count in per_module.get(name, {}).items()
+            if op in ATTENTION_MATMUL_OPS
+        )
+        unsupported = dict(fca.unsupported_ops())
+    finally:
+        model.train(was_training)
+    return MacCount(total=total, attention=attention, unsupported_ops=unsupported)
+
+
+def count_params(*modules: nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+@dataclass
+class FlopsReport:
+    """What the store keeps about a model's cost; every number says how it was counted."""
+
+    backbone_gmacs: float
+    total_gmacs: float
+    backbone_gmacs_no_attn: float
+    total_gmacs_no_attn: float
+    params_m: float
+    backbone_params_m: float
+    input_size: list[int]
+    counter: str
+    convention: str = CONVENTION
+    attention_matmuls_included: bool = True  # in backbone_gmacs / total_gmacs
+    neck: str | None = None
+    head: str | None = None
+    num_classes: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def counter_name() -> str:
+    return f"fvcore-{version('fvcore')} FlopCountAnalysis + sdpa handler"
+
+
+def _g(n: int) -> float:
+    return round(n / 1e9, 4)
+
+
+def _m(n: int) -> float:
+    return round(n / 1e6, 4)
+
+
+def backbone_flops(backbone: nn.Module, img_size: int | Sequence[int]) -> tuple[MacCount, int]:
+    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    x = torch.zeros(1, 3, int(h), int(w))
+    return count_macs(backbone, (x,)), count_params(backbone)
+
+
+def model_flops(
+    adapter: str,
+    size: str,
+    img_size: int | Sequence[int] = 224,
+    *,
+    neck: str | None = None,
+    head: str | None = None,
+    num_classes: int | None = None,
+    options: dict | None = None,
+) -> FlopsReport:
+    """Cost of ``adapter``'s randomly initialised ViT of ``size`` at ``img_size``.
+
+    With ``neck`` and ``head`` it also counts backbone + neck + decode head (the
+    auxiliary head is training-only and left out, as in the paper). Weights do not change
+    the count, so no checkpoint is read.
+    """
+    from bench.adapter import load_backbone
+
+    hw = [img_size, img_size] if isinstance(img_size, int) else [int(s) for s in img_size]
+    backbone = load_backbone(adapter, size, None, img_size=hw, **(options or {}))
+    bb, bb_params = backbone_flops(backbone, hw)
+    total, total_params = bb, bb_params
+    if neck is not None or head is not None:
+        if neck is None or head is None or num_classes is None:
+            raise ValueError("counting a decode head needs neck, head and num_classes")
+        path = decode_path(backbone, neck, head, num_classes)
+        total = count_macs(path, (torch.zeros(1, 3, *hw),))
+        total_params = count_params(path)
+    return FlopsReport(
+        backbone_gmacs=_g(bb.total),
+        total_gmacs=_g(total.total),
+        backbone_gmacs_no_attn=_g(bb.without_attention),
+        total_gmacs_no_attn=_g(total.without_attention),
+        params_m=_m(total_params),
+        backbone_params_m=_m(bb_params),
+        input_size=hw,
+        counter=counter_name(),
+        neck=neck,
+        head=head,
+        num_classes=num_classes,
+    )
+
+
+def decode_path(backbone: nn.Module, neck: str, head: str, num_classes: int) -> nn.Module:
+    """backbone + neck + decode head (no auxiliary head), the paper's way: UPerNet's
+    channels equal the backbone's embed dim."""
+    from bench.models.segmentor import build_segmentor
+
+    head_kwargs = {"channels": backbone.embed_dim} if head == "uperhead" else {}
+    return build_segmentor(
+        backbone, num_classes, neck=neck, head=head, head_kwargs=head_kwargs, aux_head=None
+    )
