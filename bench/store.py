@@ -1,0 +1,185 @@
+"""The results store: an append-only JSONL file, one declared, versioned record per run.
+
+Writers take a file lock and append each record with a single ``write`` + flush + fsync,
+so concurrent runs never interleave or lose a record. Readers skip a half-written or
+garbled line with a warning instead of failing, and never let it spoil the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+STORE_SCHEMA_VERSION = 1
+DEFAULT_STORE = Path("results/store/results.jsonl")
+# Long enough for a slow network file system, short enough to notice a stale lock.
+LOCK_TIMEOUT_S = 120
+
+
+class StoreWarning(UserWarning):
+    """A store line that could not be read; the rest of the store is still used."""
+
+
+class FlopsInfo(BaseModel):
+    """How much a forward pass costs and how that was counted (see :mod:`bench.flops`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    backbone_gmacs: float
+    total_gmacs: float
+    backbone_gmacs_no_attn: float | None = None
+    total_gmacs_no_attn: float | None = None
+    params_m: float
+    backbone_params_m: float | None = None
+    input_size: list[int]
+    counter: str
+    convention: str
+    attention_matmuls_included: bool
+
+
+class GitInfo(BaseModel):
+    commit: str | None = None
+    dirty: bool | None = None
+
+
+class RunRecord(BaseModel):
+    """One finished (done or failed) run. Bump STORE_SCHEMA_VERSION on breaking changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = STORE_SCHEMA_VERSION
+    run_id: str
+    suite: str
+    protocol: str
+    protocol_version: str
+    status: Literal["done", "failed"]
+    error: str | None = None
+    # the run's identity, fully resolved (what the run id hashes)
+    config: dict[str, Any]
+    model_name: str
+    adapter: str
+    size: str
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    random_init: bool
+    dataset: str
+    dataset_root: str | None = None
+    dataset_fingerprint: str | None = None
+    seed: int
+    # results
+    metrics: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    per_layer: Any = None
+    mode: str | None = None
+    iterations: int | None = None
+    flops: FlopsInfo | None = None
+    params_m: float | None = None
+    wall_time_s: float | None = None
+    # provenance
+    git: GitInfo = Field(default_factory=GitInfo)
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    device: str | None = None
+    host: str | None = None
+    timestamp: str = Field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
+
+
+def append_record(path: str | Path, record: RunRecord | dict) -> None:
+    """Append one record atomically with respect to other writers using the same lock."""
+    rec = record if isinstance(record, RunRecord) else RunRecord.model_validate(record)
+    line = json.dumps(rec.model_dump(mode="json"), sort_keys=True, allow_nan=True) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            data = line.encode()
+            # A writer killed mid-line leaves no newline at the end; start on a fresh line
+            # so the torn record is skipped on read instead of swallowing this one.
+            size = os.fstat(fd).st_size
+            if size and _last_byte(path) != b"\n":
+                data = b"\n" + data
+            written = os.write(fd, data)
+            if written != len(data):  # a single write short of the data: disk full etc.
+                raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def iter_records(path: str | Path) -> Iterator[RunRecord]:
+    """Every readable record in file order; unreadable lines are skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                data = json.loads(text)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                warnings.warn(
+                    f"{path}:{lineno}: skipping an unreadable line (half-written or garbled)",
+                    StoreWarning,
+                    stacklevel=2,
+                )
+                continue
+            if not isinstance(data, dict):
+                warnings.warn(f"{path}:{lineno}: skipping a non-object line", StoreWarning,
+                              stacklevel=2)
+                continue
+            version = data.get("schema_version")
+            if version != STORE_SCHEMA_VERSION:
+                warnings.warn(
+                    f"{path}:{lineno}: skipping a record of store schema {version!r} "
+                    f"(this version reads {STORE_SCHEMA_VERSION})",
+                    StoreWarning,
+                    stacklevel=2,
+                )
+                continue
+            try:
+                yield RunRecord.model_validate(data)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                warnings.warn(
+                    f"{path}:{lineno}: skipping an invalid record ({where}: {first['msg']})",
+                    StoreWarning,
+                    stacklevel=2,
+                )
+
+
+def read_records(path: str | Path) -> list[RunRecord]:
+    return list(iter_records(path))
+
+
+def latest_by_run(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
+    """The record that counts for each run id: the last ``done`` one, else the last one.
+
+    A run that failed and later succeeded is done; a later failure of a rerun (e.g. with
+    ``--force``) does not hide an earlier success.
+    """
+    out: dict[str, RunRecord] = {}
+    for rec in records:
+        prev = out.get(rec.run_id)
+        if prev is None or rec.status == "done" or prev.status != "done":
+            out[rec.run_id] = rec
+    return out
