@@ -1,0 +1,88 @@
+"""Resumable training state: one atomic file per workdir, rewritten every N iterations.
+
+The file holds the trainable modules, optimiser, lr scheduler, grad scaler, every rank's
+RNG states, the iteration reached and the evaluation history. The data position is the
+iteration itself: samplers derive the stream from (seed, iteration) alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from bench.protocols.state import (
+    atomic_save,
+    capture_rng_state,
+    load_training_state,
+    restore_rng_state,
+)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+STATE_FORMAT = "unipbench-train-state/1"
+
+
+def run_fingerprint(spec: dict[str, Any]) -> str:
+    """sha256 of everything that defines a run; a checkpoint only resumes the same run."""
+    blob = json.dumps(spec, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class Checkpointer:
+    """Saves and restores a run's state under ``workdir``; collective calls on all ranks."""
+
+    def __init__(self, workdir: str | Path, accelerator: Accelerator, fingerprint: str) -> None:
+        self.path = Path(workdir) / CHECKPOINT_NAME
+        self.accelerator = accelerator
+        self.fingerprint = fingerprint
+
+    def save(self, iteration: int, state: dict[str, Any]) -> None:
+        """Write ``state`` (module/optimiser state dicts, history ...) plus RNG states.
+
+        Every rank's RNG state is gathered so that dropout and drop path continue on the
+        same streams after a resume.
+        """
+        rng = gather_object([capture_rng_state()])
+        if self.accelerator.is_main_process:
+            payload = {
+                "format": STATE_FORMAT,
+                "fingerprint": self.fingerprint,
+                "iteration": iteration,
+                "world_size": self.accelerator.num_processes,
+                "rng": rng,
+                **state,
+            }
+            atomic_save(payload, self.path)
+        self.accelerator.wait_for_everyone()
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none; a different run's state is an error."""
+        if not self.path.exists():
+            return None
+        state = load_training_state(self.path)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{self.path} is not a training state written by unipbench")
+        if state.get("fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"{self.path} belongs to a different run (other settings, model, dataset or "
+                "seed); use a fresh workdir or delete the checkpoint to start over"
+            )
+        return state
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """This rank's RNG states; bit-identical resume needs the same process count."""
+        rng = state["rng"]
+        rank = self.accelerator.process_index
+        if len(rng) != self.accelerator.num_processes:
+            warnings.warn(
+                f"resuming a {len(rng)}-process run with {self.accelerator.num_processes} "
+                "process(es): data order is unchanged but random streams (dropout, drop path) "
+                "differ from an uninterrupted run",
+                stacklevel=2,
+            )
+        restore_rng_state(rng[rank % len(rng)])

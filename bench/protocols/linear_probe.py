@@ -1,0 +1,90 @@
+"""Linear probing: frozen backbone, blocks ``layers`` concatenated (4·D), one 1x1 conv.
+
+``on_the_fly`` follows the paper (augmented crops, backbone run every step). ``cached``
+computes features once per training image and trains one head per lr of ``sweep_lrs``
+together from the same cached batches; the result says which mode produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.models.probe import Probe, ProbeHeads, build_probe, probe_losses
+from bench.protocols.config import LinearProbeSettings
+from bench.protocols.context import RunContext
+from bench.protocols.feature_cache import FeatureCache
+from bench.protocols.probe_training import train_heads
+
+
+class CachedFeatureHeads(nn.Module):
+    """Training view of the heads: input is the cached concatenation of block maps."""
+
+    def __init__(self, heads: ProbeHeads, embed_dim: int, patch: int, ignore_index: int):
+        super().__init__()
+        self.heads = heads
+        self.embed_dim = embed_dim
+        self.patch = patch
+        self.ignore_index = ignore_index
+
+    def forward(self, feats: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
+        maps = list(torch.split(feats, self.embed_dim, dim=1))
+        size = (label.shape[-2], label.shape[-1])  # cached crops: image size = label size
+        return probe_losses(self.heads(maps), label, size, self.patch, self.ignore_index)
+
+
+def build_model(ctx: RunContext, num_heads: int) -> Probe:
+    s = ctx.settings
+    layers = list(s.layers)
+    return build_probe(
+        ctx.backbone, layers, inputs=[list(range(len(layers)))] * num_heads,
+        num_classes=ctx.info.num_classes, head=s.head, ignore_index=ctx.info.ignore_index,
+    )
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    s = ctx.settings
+    assert isinstance(s, LinearProbeSettings)
+    name = ctx.dataset["name"]
+    if s.mode == "on_the_fly":
+        probe = build_model(ctx, 1)
+        out = train_heads(ctx, probe, [s.lr], probe, ctx.train_stream(ctx.train_set()),
+                          f"linear probe {name}")
+        return {
+            "mode": "on_the_fly",
+            "metrics": out.last[0],
+            "best": out.best[0],
+            "last": out.last[0],
+            "history": out.history,
+            "train_loss": out.train_loss,
+            "iterations": out.iterations,
+            "resumed_from": out.resumed_from,
+        }
+    lrs = list(s.sweep_lrs)
+    probe = build_model(ctx, len(lrs))
+    cache = FeatureCache(ctx)
+    cache.build(probe.features.to(ctx.accelerator.device), progress=ctx.progress)
+    trainer_view = CachedFeatureHeads(probe.heads, ctx.backbone.embed_dim,
+                                      ctx.backbone.patch_size, ctx.info.ignore_index)
+    out = train_heads(ctx, probe, lrs, trainer_view, cache.stream(ctx.micro_batch, ctx.seed),
+                      f"linear probe sweep {name}")
+    sweep = [
+        {"lr": lr, "last": last, "best": best}
+        for lr, last, best in zip(lrs, out.last, out.best, strict=True)
+    ]
+    pick = max(range(len(lrs)), key=lambda k: out.last[k]["mIoU"])
+    return {
+        "mode": "cached",
+        "metrics": out.last[pick],
+        "best": out.best[pick],
+        "last": out.last[pick],
+        "best_lr": lrs[pick],
+        "lr_sweep": sweep,
+        "history": out.history,
+        "train_loss": out.train_loss,
+        "iterations": out.iterations,
+        "resumed_from": out.resumed_from,
+        "cached_images": len(cache),
+    }

@@ -1,0 +1,148 @@
+"""``run_protocol``: one evaluation run, from model and dataset specs to ``result.json``.
+
+The same call runs on CPU, one GPU, or under ``accelerate launch`` with several
+processes; a rerun in the same workdir resumes from the last checkpoint, and a finished
+workdir returns its stored result without training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+
+from bench.protocols.checkpointing import run_fingerprint
+from bench.protocols.config import (
+    PROTOCOL_VERSION,
+    SETTINGS_CLASSES,
+    FineTuneSettings,
+    ProtocolSettings,
+    canonical_protocol,
+    resolve_settings,
+)
+from bench.protocols.context import RunContext
+from bench.protocols.runtime import device_description, make_accelerator
+
+RESULT_NAME = "result.json"
+PROTOCOL_MODULES = {
+    "fine_tune": "bench.protocols.finetune",
+    "linear_probe": "bench.protocols.linear_probe",
+    "layerwise_probe": "bench.protocols.layerwise",
+}
+MODEL_KEYS = ("adapter", "size", "checkpoint", "sha256", "options")
+DATASET_KEYS = ("name", "root", "layout")
+
+
+def _spec(given: dict[str, Any], keys: tuple[str, ...], what: str, required: tuple[str, ...]):
+    unknown = sorted(set(given) - set(keys))
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}; allowed: {', '.join(keys)}")
+    missing = [k for k in required if not given.get(k)]
+    if missing:
+        raise ValueError(f"{what} spec needs {', '.join(missing)}")
+    return {k: given.get(k) for k in keys}
+
+
+def _settings(
+    proto: str, settings: ProtocolSettings | dict | None, dataset: str, model: dict
+) -> ProtocolSettings:
+    if isinstance(settings, ProtocolSettings):
+        if not isinstance(settings, SETTINGS_CLASSES[proto]):
+            raise ValueError(
+                f"{type(settings).__name__} given for protocol {proto}; expected "
+                f"{SETTINGS_CLASSES[proto].__name__}"
+            )
+        return settings
+    return resolve_settings(proto, dataset, model["adapter"], model["size"], settings or {})
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_protocol(
+    protocol: str,
+    model: dict[str, Any],
+    dataset: dict[str, Any],
+    settings: ProtocolSettings | dict[str, Any] | None = None,
+    workdir: str | Path = "work",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``protocol`` ('fine_tune', 'linear_probe', 'layerwise_probe') and return its result.
+
+    ``model``: adapter, size, checkpoint=None, sha256=None, options={} (adapter options,
+    e.g. ``depth`` or ``last_heads``). ``dataset``: name, root, layout=None. ``settings``:
+    a settings object, or overrides applied on top of the resolved defaults.
+    """
+    from bench.adapter import load_backbone
+    from bench.data import get_dataset_info
+    from bench.data.check import quick_check
+
+    proto = canonical_protocol(protocol)
+    workdir = Path(workdir)
+    result_path = workdir / RESULT_NAME
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    model = _spec(model, MODEL_KEYS, "model", ("adapter", "size"))
+    model["options"] = dict(model["options"] or {})
+    dataset = _spec(dataset, DATASET_KEYS, "dataset", ("name", "root"))
+    dataset["root"] = str(dataset["root"])
+    s = _settings(proto, settings, dataset["name"], model)
+    info = get_dataset_info(dataset["name"])
+    # A bad folder must fail in seconds, before a model is built or a GPU is touched.
+    splits = dict.fromkeys((s.train_split or info.train_split,
+                            s.eval_split or info.default_eval_split))
+    for split in splits:
+        quick_check(dataset["name"], dataset["root"], split, layout=dataset["layout"])
+
+    accelerator = make_accelerator(s.mixed_precision)
+    set_seed(seed)
+    drop_path = s.drop_path if isinstance(s, FineTuneSettings) else 0.0
+    backbone = load_backbone(
+        model["adapter"], model["size"], model["checkpoint"], img_size=s.crop_size,
+        sha256=model["sha256"], drop_path_rate=drop_path, **model["options"],
+    )
+    settings_dict = s.model_dump(mode="json")
+    fingerprint = run_fingerprint(
+        {"protocol": proto, "version": PROTOCOL_VERSION, "settings": settings_dict,
+         "model": model, "dataset": {k: dataset[k] for k in ("name", "layout")},
+         "seed": seed}
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(
+        protocol=proto, settings=s, info=info, dataset=dataset, backbone=backbone,
+        accelerator=accelerator, workdir=workdir, seed=seed, fingerprint=fingerprint,
+        progress=progress,
+    )
+    t0 = time.perf_counter()
+    out = importlib.import_module(PROTOCOL_MODULES[proto]).run(ctx)
+    result = {
+        "protocol": proto,
+        "protocol_version": PROTOCOL_VERSION,
+        **out,
+        "settings": settings_dict,
+        "backbone": backbone.describe(),
+        "model": model,
+        "dataset": {**dataset, "train_split": ctx.train_split, "eval_split": ctx.eval_split},
+        "seed": seed,
+        "inference": {"mode": s.inference, "crop": s.slide_crop, "stride": s.slide_stride},
+        "device": device_description(accelerator),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    result = json.loads(json.dumps(result, default=str))  # what is returned = what is stored
+    if accelerator.is_main_process:
+        _write_json(result, result_path)
+    accelerator.wait_for_everyone()
+    return result
