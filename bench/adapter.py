@@ -62,11 +62,13 @@ class CheckpointFormat:
 
     ``key_path``: nested keys leading to the state dict (``()`` = the file is the dict).
     ``strip_prefixes``: removed from the start of every key, in order, where present.
-    ``keep_prefix``: if set, only keys starting with it are kept (then it is stripped).
+    ``keep_prefix``: if set, only keys starting with it (after ``strip_prefixes``) are kept,
+    and it is stripped.
     ``drop``: regexes of keys that are discarded (decoders, heads, mask tokens ...).
     ``rename``: (regex, replacement) pairs applied in order after dropping.
     ``convert``: a final function ``(state, context) -> state`` for what renames cannot
-    express (fusing q/k/v, removing a distillation token's position embedding).
+    express (fusing q/k/v). When the layout implies an architecture detail (a distilled
+    DeiT's extra token), it records timm keyword arguments in ``context["vit_kwargs"]``.
     ``directory``: the format is a Hugging Face export folder (config.json + weights).
     """
 
@@ -93,13 +95,14 @@ class CheckpointFormat:
         drop_res = [re.compile(p) for p in self.drop]
         for key, value in state.items():
             k = str(key)
+            # Wrappers (DDP's ``module.``) go first, so keep_prefix names the real part.
+            for p in self.strip_prefixes:
+                if k.startswith(p):
+                    k = k[len(p) :]
             if self.keep_prefix is not None:
                 if not k.startswith(self.keep_prefix):
                     continue
                 k = k[len(self.keep_prefix) :]
-            for p in self.strip_prefixes:
-                if k.startswith(p):
-                    k = k[len(p) :]
             if any(r.search(k) for r in drop_res):
                 continue
             for pattern, repl in self.rename:
@@ -271,6 +274,31 @@ def as_pair(img_size: int | Sequence[int]) -> tuple[int, int]:
     return (int(h), int(w))
 
 
+def _build_for_checkpoint(build: Callable[..., nn.Module]) -> nn.Module:
+    """``build()``'s model with no memory behind its weights, when that is safe.
+
+    Every persistent tensor is about to be replaced by the checkpoint's (the key check
+    guarantees it), so allocating and randomly initialising a ViT-B's 86M weights first
+    would only cost time: more than reading the checkpoint. A module with non-persistent
+    buffers (which no checkpoint provides) is built normally instead.
+    """
+    with torch.device("meta"):
+        vit = build(weight_init="skip")
+    persistent = set(vit.state_dict())
+    if any(name not in persistent for name, _ in vit.named_buffers()):
+        return build()
+    return vit
+
+
+def _assign_state(vit: nn.Module, state: StateDict) -> None:
+    """Load ``state`` by handing its tensors to the model (no copy), in the model's dtypes."""
+    expected = vit.state_dict()
+    state = {
+        k: v.to(dtype=expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()
+    }
+    vit.load_state_dict(state, strict=True, assign=True)
+
+
 def load_backbone(
     name: str,
     size: str = "small",
@@ -298,38 +326,44 @@ def load_backbone(
     img = as_pair(img_size)
     context: dict[str, Any] = {"adapter": adapter.name, "size": size, **options}
     meta = BackboneMeta(adapter=adapter.name, size=size)
+    build_kwargs: dict[str, Any] = {k: v for k, v in options.items() if k in ("patch_size",)}
+    build_kwargs["depth"] = options.get("depth")
 
-    raw = None
-    fmt: CheckpointFormat | None = None
-    if checkpoint is not None:
-        path, digest = resolve_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
-        raw, file_meta = read_checkpoint(path)
-        fmt = adapter.format(format) if format else adapter.choose_format(raw, path.is_dir())
-        context["file_metadata"] = file_meta
-        context["raw"] = raw
-        meta.checkpoint = str(checkpoint)
-        meta.checkpoint_sha256 = digest
-        meta.checkpoint_format = fmt.name
-        meta.random_init = False
-    depth = options.get("depth")
-    build_kwargs = {k: v for k, v in options.items() if k in ("patch_size",)}
-    if fmt is not None and fmt.directory:
-        build_kwargs.update(context.get("file_metadata", {}).get("vit_kwargs", {}))
-        depth = build_kwargs.pop("depth", depth)
-    vit = adapter.build_vit(size, img, drop_path_rate=drop_path_rate, depth=depth, **build_kwargs)
-    vit = adapter.customise(vit, context)
-    if fmt is not None:
-        src = raw if fmt.directory else fmt.extract(raw)
-        if src is None:
-            src = raw if isinstance(raw, Mapping) else {}
-        state = fmt.apply(src, context)
-        check_keys(adapter.name, fmt.name, str(checkpoint), vit, state)
-        if "pos_embed" in state:
-            ckpt_pos = state["pos_embed"]
-            n_prefix = vit.num_prefix_tokens
-            side = int(round((ckpt_pos.shape[1] - n_prefix) ** 0.5))
-            meta.pretrain_img_size = side * vit.patch_embed.patch_size[0]
-            state["pos_embed"] = resample_pos_embed(ckpt_pos, vit.patch_embed.grid_size, n_prefix)
-        vit.load_state_dict(state, strict=True)
+    def build(**extra: Any) -> nn.Module:
+        vit = adapter.build_vit(size, img, drop_path_rate=drop_path_rate, **build_kwargs, **extra)
+        return adapter.customise(vit, context)
+
+    if checkpoint is None:
+        vit = build()
+        meta.extra.update(context.get("meta_extra", {}))
+        return Backbone(vit, meta, mean=adapter.mean, std=adapter.std)
+
+    path, digest = resolve_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
+    raw, file_meta = read_checkpoint(path)
+    fmt = adapter.format(format) if format else adapter.choose_format(raw, path.is_dir())
+    context["file_metadata"] = file_meta
+    context["raw"] = raw
+    meta.checkpoint = str(checkpoint)
+    meta.checkpoint_sha256 = digest
+    meta.checkpoint_format = fmt.name
+    meta.random_init = False
+
+    src = raw if fmt.directory else fmt.extract(raw)
+    if src is None:
+        src = raw if isinstance(raw, Mapping) else {}
+    state = fmt.apply(src, context)
+    # The checkpoint's own geometry (an HF config's depth, a distillation token) wins.
+    build_kwargs.update(file_meta.get("vit_kwargs", {}))
+    build_kwargs.update(context.get("vit_kwargs", {}))
+    vit = _build_for_checkpoint(build)
+    check_keys(adapter.name, fmt.name, str(checkpoint), vit, state)
+    if "pos_embed" in state:
+        ckpt_pos = state["pos_embed"]
+        # DeiT III-style tables (no_embed_class) hold no entries for prefix tokens.
+        n_prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
+        side = int(round((ckpt_pos.shape[1] - n_prefix) ** 0.5))
+        meta.pretrain_img_size = side * vit.patch_embed.patch_size[0]
+        state["pos_embed"] = resample_pos_embed(ckpt_pos, vit.patch_embed.grid_size, n_prefix)
+    _assign_state(vit, state)
     meta.extra.update(context.get("meta_extra", {}))
     return Backbone(vit, meta, mean=adapter.mean, std=adapter.std)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -42,6 +44,50 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where downloaded checkpoints live: ``cache_dir``, else ``$UNIPBENCH_CACHE/checkpoints``,
+    else ``~/.cache/unipbench/checkpoints``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    base = os.environ.get("UNIPBENCH_CACHE") or "~/.cache/unipbench"
+    return Path(base).expanduser() / "checkpoints"
+
+
+def _digest_record_path(resolved: Path, cache_dir: str | Path | None) -> Path:
+    key = hashlib.sha256(str(resolved).encode()).hexdigest()[:32]
+    return cache_root(cache_dir) / "digests" / f"{key}.json"
+
+
+def cached_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """``sha256_file`` remembered per (resolved path, size, mtime_ns, inode).
+
+    Hashing a ViT-L checkpoint costs seconds on every load; its stat tuple changes whenever
+    the file is rewritten, so a matching record is as good as rehashing. The record is a
+    small JSON sidecar under the cache dir; failing to read or write it only costs a hash.
+    """
+    resolved = Path(path).resolve()
+    st = resolved.stat()
+    key = {"path": str(resolved), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+    record_path = _digest_record_path(resolved, cache_dir)
+    try:
+        record = json.loads(record_path.read_text())
+        if isinstance(record, dict) and all(record.get(k) == v for k, v in key.items()):
+            digest = record.get("sha256")
+            if isinstance(digest, str) and len(digest) == 64:
+                return digest
+    except (OSError, ValueError):
+        pass
+    digest = sha256_file(resolved)
+    try:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record_path.with_name(f"{record_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**key, "sha256": digest}))
+        os.replace(tmp, record_path)
+    except OSError:
+        pass
+    return digest
 
 
 def load_pickle_checkpoint(path: Path) -> Any:
@@ -94,19 +140,27 @@ def read_checkpoint(path: Path) -> tuple[Any, dict]:
 def resolve_checkpoint(
     checkpoint: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None
 ) -> tuple[Path, str | None]:
-    """A local path for ``checkpoint`` (downloading URLs once) and its sha256 if known."""
+    """A local path for ``checkpoint`` (downloading URLs once) and its sha256.
+
+    For a Hugging Face export folder the digest is its weights file's (the sha256 the Hub
+    lists for it). ``sha256``, when given, must match or loading stops here.
+    """
     spec = str(checkpoint)
     if spec.startswith(("http://", "https://")):
         from bench.download import download_cached
 
         path = download_cached(spec, sha256=sha256, cache_dir=cache_dir)
-        return path, sha256 or sha256_file(path)
+        return path, sha256.lower() if sha256 else cached_sha256(path, cache_dir)
     path = Path(spec).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        return path, None
-    digest = sha256_file(path)
-    if sha256 and digest.lower() != sha256.lower():
-        raise CheckpointError(f"checkpoint {path} has sha256 {digest}, expected {sha256}")
+        from bench.hf_export import hf_weights_file
+
+        hashed = hf_weights_file(path)
+    else:
+        hashed = path
+    digest = cached_sha256(hashed, cache_dir)
+    if sha256 and digest != sha256.lower():
+        raise CheckpointError(f"checkpoint {hashed} has sha256 {digest}, expected {sha256}")
     return path, digest
