@@ -1,45 +1,60 @@
-"""DeiT and DeiT III (Touvron et al.): ImageNet-1k classification checkpoints, head dropped."""
+"""DeiT and DeiT III (Touvron et al.): ImageNet-1k classification checkpoints, head dropped.
+
+A distilled DeiT keeps its distillation token (as timm's register token, which sits right
+after the class token and has its own position embedding, exactly like DeiT's): the
+patch tokens were trained attending to it, so dropping it would change every feature.
+DeiT III's position table covers the patches only (``no_embed_class``) and its blocks
+carry LayerScale (``gamma_1``/``gamma_2``).
+"""
 
 from __future__ import annotations
 
-import torch
+from adapters.common import HEAD_KEYS, hf_vit
+from bench.adapter import Adapter, CheckpointFormat, StateDict
 
-from adapters.common import HEAD_KEYS
-from bench.adapter import Adapter, CheckpointFormat
+LAYER_SCALE_RENAMES = ((r"\.gamma_1$", ".ls1.gamma"), (r"\.gamma_2$", ".ls2.gamma"))
+DIST_TOKEN_RENAME = ((r"^dist_token$", "reg_token"),)
 
 
-def _drop_dist_token(state: dict[str, torch.Tensor], context: dict) -> dict[str, torch.Tensor]:
-    """Distilled DeiT: remove the distillation token and its position embedding."""
-    if "dist_token" in state:
-        state = dict(state)
-        del state["dist_token"]
-        pe = state["pos_embed"]
-        state["pos_embed"] = torch.cat([pe[:, :1], pe[:, 2:]], dim=1)
+def _distillation_token(state: StateDict, context: dict) -> StateDict:
+    """A distilled checkpoint needs one register token in the ViT built for it."""
+    if "reg_token" in state:
+        context.setdefault("vit_kwargs", {})["reg_tokens"] = state["reg_token"].shape[1]
+        context.setdefault("meta_extra", {})["distillation_token"] = True
     return state
 
 
 def _formats(variant: str) -> tuple[CheckpointFormat, ...]:
-    renames = ((r"\.gamma_1$", ".ls1.gamma"), (r"\.gamma_2$", ".ls2.gamma"))
-    return (
+    renames = DIST_TOKEN_RENAME + (LAYER_SCALE_RENAMES if variant == "deit3" else ())
+    notes = "; gamma_1/2 -> LayerScale" if variant == "deit3" else "; distilled: dist_token kept"
+    formats = (
         CheckpointFormat(
             name="official",
-            description=f"{variant} release {{'model': ...}}; head (and dist_token/head_dist) "
-            "dropped" + ("; gamma_1/2 -> LayerScale" if variant == "deit3" else ""),
+            description=f"{variant} release {{'model': ...}}; head/head_dist dropped{notes}",
             key_path=("model",),
             strip_prefixes=("module.",),
             drop=HEAD_KEYS,
-            rename=renames if variant == "deit3" else (),
-            convert=_drop_dist_token,
+            rename=renames,
+            convert=_distillation_token,
         ),
         CheckpointFormat(
             name="timm",
-            description="timm state dict; head dropped",
+            description=f"timm state dict; head/head_dist dropped{notes}",
             strip_prefixes=("module.",),
             drop=HEAD_KEYS,
-            rename=renames if variant == "deit3" else (),
-            convert=_drop_dist_token,
+            rename=renames,
+            convert=_distillation_token,
         ),
     )
+    if variant == "deit":
+        formats += (
+            hf_vit(
+                "Hugging Face export (ViTModel / DeiTModel / DeiTForImageClassification... "
+                "folder); classifiers dropped, distillation token kept",
+                model_types=("vit", "deit"),
+            ),
+        )
+    return formats
 
 
 DEIT = Adapter(
@@ -55,4 +70,5 @@ DEIT3 = Adapter(
     formats=_formats("deit3"),
     published_sizes=("small", "base", "large"),
     layer_scale=True,
+    vit_kwargs={"no_embed_class": True},
 )

@@ -1,6 +1,6 @@
 """DINO (Caron et al., 2021): the teacher backbone."""
 
-from adapters.common import flat_timm
+from adapters.common import flat_timm, hf_vit
 from bench.adapter import Adapter, CheckpointFormat
 
 TEACHER = CheckpointFormat(
@@ -17,6 +17,10 @@ TEACHER = CheckpointFormat(
 ADAPTER = Adapter(
     name="dino",
     description="DINO self-distillation (teacher backbone)",
-    formats=(TEACHER, flat_timm("backbone-only release: flat timm-style dict")),
+    formats=(
+        TEACHER,
+        flat_timm("backbone-only release: flat timm-style dict"),
+        hf_vit("Hugging Face export (ViTModel folder); pooler dropped", model_types=("vit",)),
+    ),
     published_sizes=("small", "base"),
 )

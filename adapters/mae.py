@@ -1,6 +1,6 @@
 """MAE (He et al., 2022): the encoder of the pre-training checkpoint."""
 
-from adapters.common import flat_timm
+from adapters.common import flat_timm, hf_vit
 from bench.adapter import Adapter, CheckpointFormat
 
 PRETRAIN = CheckpointFormat(
@@ -15,6 +15,13 @@ PRETRAIN = CheckpointFormat(
 ADAPTER = Adapter(
     name="mae",
     description="Masked autoencoder pre-training (encoder weights)",
-    formats=(PRETRAIN, flat_timm("timm-style encoder state dict; head/fc_norm dropped")),
+    formats=(
+        PRETRAIN,
+        flat_timm("timm-style encoder state dict; head/fc_norm dropped"),
+        hf_vit(
+            "Hugging Face export (ViTMAEModel / ViTMAEForPreTraining folder); decoder dropped",
+            model_types=("vit_mae",),
+        ),
+    ),
     published_sizes=("tiny", "small", "base", "large"),
 )
