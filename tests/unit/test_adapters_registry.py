@@ -1,0 +1,169 @@
+"""Adapter lookup, plug-ins, the ``unipbench adapters`` command and loud load failures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from bench.adapter import (
+    Adapter,
+    AdapterError,
+    CheckpointFormat,
+    list_adapters,
+    load_backbone,
+    register_adapter,
+)
+from bench.cli import main
+from bench.registry import ADAPTERS
+
+BUILT_IN = {"mae", "crossmae", "deit", "deit3", "dino", "ibot", "unip"}
+
+
+def tiny_state(depth: int = 2) -> dict[str, torch.Tensor]:
+    return VisionTransformer(embed_dim=192, depth=depth, num_heads=3, num_classes=0).state_dict()
+
+
+def test_unknown_adapter_suggests_the_closest_name() -> None:
+    with pytest.raises(AdapterError, match=r"unknown adapters 'maee'.*Did you mean 'mae'"):
+        load_backbone("maee", "tiny")
+
+
+def test_unknown_size_suggests_the_sizes() -> None:
+    with pytest.raises(AdapterError, match="unknown ViT size 'huge'"):
+        load_backbone("mae", "huge")
+
+
+def test_unknown_format_name_lists_the_declared_ones(tmp_path) -> None:
+    torch.save(tiny_state(), tmp_path / "m.pth")
+    with pytest.raises(AdapterError, match=r"no checkpoint format 'pretrained'.*'pretrain'"):
+        load_backbone("mae", "tiny", tmp_path / "m.pth", format="pretrained", depth=2,
+                      cache_dir=tmp_path)
+
+
+def test_all_built_in_adapters_are_registered() -> None:
+    assert set(list_adapters()) >= BUILT_IN
+
+
+def test_cli_lists_all_adapters_with_formats(capsys) -> None:
+    assert main(["adapters", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["adapter"]: r for r in rows}
+    assert set(by_name) == BUILT_IN  # the seven built-ins, no more, no fewer
+    assert {f["name"] for f in by_name["mae"]["formats"]} == {"pretrain", "timm", "hf"}
+    assert {f["name"] for f in by_name["deit"]["formats"]} == {"official", "timm", "hf"}
+    assert by_name["unip"]["sizes"] == ["T", "S", "B"]
+
+
+@pytest.fixture
+def plugin():
+    """A third-party method, as a plug-in would define it: one Adapter object."""
+    adapter = Adapter(
+        name="thirdparty",
+        description="a method from outside this repository",
+        formats=(
+            CheckpointFormat(
+                name="release",
+                description="{'state_dict': {'encoder.*'}}",
+                key_path=("state_dict",),
+                keep_prefix="encoder.",
+            ),
+        ),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    register_adapter(adapter)
+    yield adapter
+    ADAPTERS.unregister("thirdparty")
+
+
+def test_registered_plugin_loads_through_load_backbone(tmp_path, plugin) -> None:
+    state = tiny_state()
+    ckpt = {"state_dict": {f"encoder.{k}": v for k, v in state.items()}}
+    ckpt["state_dict"]["projector.weight"] = torch.zeros(4, 4)  # not under encoder.: ignored
+    torch.save(ckpt, tmp_path / "plugin.pth")
+
+    bb = load_backbone("thirdparty", "tiny", tmp_path / "plugin.pth", depth=2, cache_dir=tmp_path)
+
+    assert "thirdparty" in list_adapters()
+    assert bb.meta.adapter == "thirdparty" and bb.meta.checkpoint_format == "release"
+    assert bb.mean == (0.5, 0.5, 0.5)
+    assert torch.equal(bb.vit.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+
+
+def test_registering_a_taken_name_is_refused(plugin) -> None:
+    with pytest.raises(KeyError, match="already registered"):
+        register_adapter(plugin)
+
+
+def test_dino_training_checkpoint_handed_to_mae_names_missing_keys(tmp_path) -> None:
+    state = tiny_state()
+    ckpt = {
+        "teacher": {f"backbone.{k}": v for k, v in state.items()},
+        "student": {f"module.backbone.{k}": v for k, v in state.items()},
+        "epoch": 100,
+    }
+    torch.save(ckpt, tmp_path / "dino_full.pth")
+    with pytest.raises(AdapterError) as info:
+        load_backbone("mae", "tiny", tmp_path / "dino_full.pth", depth=2, cache_dir=tmp_path)
+    msg = str(info.value)
+    assert "adapter 'mae'" in msg and "dino_full.pth" in msg
+    assert "missing keys" in msg and "blocks.0.attn.qkv.weight" in msg
+    assert "unexpected keys" in msg and "teacher" in msg
+
+
+def test_checkpoint_of_other_depth_reports_missing_blocks(tmp_path) -> None:
+    torch.save({"model": tiny_state(depth=2)}, tmp_path / "d2.pth")
+    with pytest.raises(AdapterError, match=r"missing keys.*blocks\.2\."):
+        load_backbone("mae", "tiny", tmp_path / "d2.pth", depth=3, cache_dir=tmp_path)
+
+
+def test_unip_without_metadata_or_last_heads_fails_clearly(tmp_path) -> None:
+    torch.save(tiny_state(), tmp_path / "unip_flat.pth")
+    with pytest.raises(AdapterError, match=r"no 'unip.last_heads' metadata.*last_heads="):
+        load_backbone("unip", "tiny", tmp_path / "unip_flat.pth", depth=2, cache_dir=tmp_path)
+
+
+def test_unip_last_heads_contradicting_metadata_fails(tmp_path) -> None:
+    torch.save({"model": tiny_state(), "unip": {"last_heads": 16}}, tmp_path / "unip.pth")
+    with pytest.raises(AdapterError, match="contradicts"):
+        load_backbone("unip", "tiny", tmp_path / "unip.pth", depth=2, last_heads=12,
+                      cache_dir=tmp_path)
+
+
+def test_example_adapter_in_the_docs_works(tmp_path) -> None:
+    """The adapter module shown in docs/adding-a-method.md loads its declared layout."""
+    doc = (Path(__file__).parents[2] / "docs" / "adding-a-method.md").read_text()
+    module_source = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(module_source, "adding-a-method.md", "exec"), namespace)
+    adapter = namespace["ADAPTER"]
+
+    ref = VisionTransformer(embed_dim=192, depth=2, num_heads=3, num_classes=0).eval()
+    encoder = {re.sub(r"^norm\.", "ln_final.", k): v for k, v in ref.state_dict().items()}
+    ckpt = {
+        "state_dict": {
+            **{f"module.momentum_encoder.{k}": v for k, v in encoder.items()},
+            **{f"module.encoder.{k}": v + 1 for k, v in encoder.items()},
+            "module.predictor.weight": torch.zeros(8, 8),
+        },
+        "epoch": 300,
+    }
+    torch.save(ckpt, tmp_path / "mymethod.pth")
+    register_adapter(adapter)
+    try:
+        bb = load_backbone("mymethod", "tiny", tmp_path / "mymethod.pth", depth=2,
+                           cache_dir=tmp_path)
+    finally:
+        ADAPTERS.unregister("mymethod")
+    assert bb.meta.checkpoint_format == "pretrain"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        got = bb.eval().features(x, [0, 1])
+        want = ref.forward_intermediates(x, indices=[0, 1], norm=False, intermediates_only=True)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=1e-5)

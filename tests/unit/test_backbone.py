@@ -1,0 +1,104 @@
+"""The Backbone interface: feature maps, attention maps, layer ids, geometry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.adapter import load_backbone
+from bench.backbone import Backbone
+
+DEPTH = 3
+
+
+@pytest.fixture(scope="module")
+def bb() -> Backbone:
+    torch.manual_seed(0)
+    return load_backbone("mae", "tiny", None, depth=DEPTH, drop_path_rate=0.0).eval()
+
+
+def blocks_by_hand(bb: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
+    t = bb.tokens(x)
+    outs = []
+    for blk in bb.vit.blocks:
+        t = blk(t)
+        outs.append(t)
+    return outs
+
+
+def test_geometry(bb) -> None:
+    assert (bb.embed_dim, bb.depth, bb.patch_size, bb.num_prefix_tokens) == (192, DEPTH, 16, 1)
+    assert bb.num_heads == [3] * DEPTH
+    d = bb.describe()
+    assert d["adapter"] == "mae" and d["random_init"] is True and d["depth"] == DEPTH
+
+
+def test_features_in_requested_order_with_negative_indices(bb) -> None:
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = bb.features(x, [-1, 0, 1])
+        ref = blocks_by_hand(bb, x)
+    assert [f.shape for f in feats] == [(2, 192, 4, 6)] * 3
+    for f, i in zip(feats, [DEPTH - 1, 0, 1], strict=True):
+        tokens = ref[i][:, 1:].transpose(1, 2).reshape(2, 192, 4, 6)
+        assert torch.allclose(f, tokens, atol=1e-6)
+
+
+def test_features_norm_applies_final_layernorm(bb) -> None:
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        (plain,) = bb.features(x, [1])
+        (normed,) = bb.features(x, [1], norm=True)
+        tokens = plain.flatten(2).transpose(1, 2)
+        expected = bb.vit.norm(tokens).transpose(1, 2).reshape(plain.shape)
+        assert torch.allclose(bb(x), bb.features(x, [-1], norm=True)[0])
+    assert torch.allclose(normed, expected, atol=1e-5)
+
+
+def test_attention_probabilities_and_logits(bb) -> None:
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        (probs,) = bb.attention(x, [1])
+        (logits,) = bb.attention(x, [1], logits=True)
+    n = 1 + 2 * 3
+    assert probs.shape == logits.shape == (1, 3, n, n)
+    assert torch.allclose(probs.sum(-1), torch.ones(1, 3, n), atol=1e-5)
+    assert torch.allclose(logits.softmax(-1), probs, atol=1e-6)
+
+
+def test_attention_matches_timm_block(bb) -> None:
+    """The re-derived attention reproduces the block's own output through proj."""
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        t = bb.tokens(x)
+        (probs,) = bb.attention(x, [0])
+        blk = bb.vit.blocks[0]
+        h = blk.norm1(t)
+        v = blk.attn.qkv(h).reshape(1, t.shape[1], 3, 3, 64).permute(2, 0, 3, 1, 4)[2]
+        mixed = (probs @ v).transpose(1, 2).reshape(1, t.shape[1], 192)
+        assert torch.allclose(blk.attn.proj(mixed), blk.attn(h), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,layer",
+    [
+        ("vit.cls_token", 0),
+        ("backbone.vit.pos_embed", 0),
+        ("vit.patch_embed.proj.weight", 0),
+        ("vit.reg_token", 0),
+        ("vit.blocks.0.attn.qkv.weight", 1),
+        ("backbone.vit.blocks.2.mlp.fc2.bias", 3),
+        ("vit.norm.weight", DEPTH + 1),
+    ],
+)
+def test_layer_id(bb, name, layer) -> None:
+    assert bb.layer_id(name) == layer
+
+
+def test_bad_inputs_are_explained(bb) -> None:
+    with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
+        bb.features(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="B x C x H x W"):
+        bb.features(torch.randn(3, 32, 32))
+    with pytest.raises(IndexError, match="out of range for a ViT of depth 3"):
+        bb.features(torch.randn(1, 3, 32, 32), [DEPTH])
