@@ -7,6 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Checkpoint downloads and digest records go to a throw-away cache, never the user's.
+if "UNIPBENCH_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["UNIPBENCH_CACHE"] = tempfile.mkdtemp(prefix="unipbench-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
