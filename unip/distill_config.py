@@ -1,0 +1,153 @@
+"""NMI-HAD distillation config: a typed YAML schema whose defaults are the paper's recipe.
+
+Unknown keys are errors; every error names the file (or ``--set``) and the key. Relative
+paths are taken from the working directory, like any command-line path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unip.analysis import NMI_TARGET
+
+# Keys that may differ between a run and its resumption: they change how, not what.
+RESUMABLE_KEYS = frozenset({"data.num_workers", "save_every", "log_every", "resume", "progress"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherConfig(_Strict):
+    """A frozen RGB-pretrained ViT; its layer is given (1-based) or chosen by NMI."""
+
+    adapter: str
+    size: str
+    checkpoint: str | None = Field(None, description="None: random init (tests only)")
+    layer: int | None = Field(None, ge=1, description="1-based block; None: closest to nmi_target")
+    nmi_target: float = Field(NMI_TARGET, gt=0, lt=1)
+    nmi_images: int = Field(64, ge=1, description="training images the NMI is measured on")
+    depth: int | None = Field(None, ge=1, description="fewer blocks: shallow test teachers")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra adapter options")
+
+
+class StudentConfig(_Strict):
+    size: Literal["tiny", "small", "base", "T", "S", "B", "t", "s", "b"] = "small"
+    depth: int | None = Field(None, ge=1, description="fewer blocks: tests only")
+    drop_path: float = Field(0.1, ge=0, lt=1, description="the same in every block")
+
+
+class DataConfig(_Strict):
+    path: str = Field(description="InfMix manifest (.jsonl) or a folder of images")
+    img_size: int = Field(224, ge=16)
+    scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range, bicubic
+    hflip: bool = True
+    num_workers: int = Field(8, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.img_size % 16:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of the patch size 16")
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+        return self
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(100, ge=1)
+    warmup_epochs: float = Field(5, ge=0)
+    batch_size: int = Field(4096, ge=1, description="total: processes x accumulation x micro")
+    accum_steps: int = Field(1, ge=1)
+    base_lr: float = Field(1.5e-4, gt=0, description="lr = base_lr * batch_size / 256")
+    lr: float | None = Field(None, gt=0, description="absolute lr; overrides base_lr")
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.05, ge=0)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
+
+
+class DistillConfig(_Strict):
+    teacher: TeacherConfig
+    student: StudentConfig = StudentConfig()
+    data: DataConfig
+    optim: OptimConfig = OptimConfig()
+    output_dir: str
+    seed: int = 0
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    save_every: int = Field(1000, ge=1, description="optimiser steps between checkpoints")
+    log_every: int = Field(20, ge=1)
+    resume: bool = True
+    progress: bool = True
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> set[str]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML); returns the keys set."""
+    keys = set()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key=value (e.g. optim.epochs=2)")
+        _set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
+        keys.add(key)
+    return keys
+
+
+def _describe_errors(exc: ValidationError, source: str, overridden: set[str]) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        where = "--set" if key in overridden else source
+        parts.append(f"{where}: {key}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> DistillConfig:
+    """Read a distillation YAML, apply ``--set`` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"distillation config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level")
+    overridden = apply_overrides(raw, list(overrides or []))
+    try:
+        return DistillConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(_describe_errors(exc, str(path), overridden)) from None
+
+
+def recipe_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps, resumable keys aside."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        dotted = f"{prefix}{key}"
+        if dotted in RESUMABLE_KEYS:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += recipe_differences(va, vb, dotted + ".")
+        elif va != vb:
+            out.append(f"{dotted}: {va!r} -> {vb!r}")
+    return out
