@@ -18,11 +18,14 @@ from torch.utils.data import DataLoader
 
 from bench.backbone import Backbone
 from unip.images import ImageListDataset, resize_centre_crop
-from unip.nmi import LayerNMI, attention_nmi, summarise_layer
-
-NMI_TARGET = 0.09  # NMI-HAD's target: the most hybrid layer is the one closest to it
-LOCAL_THRESHOLD = 0.15
-GLOBAL_THRESHOLD = 0.05
+from unip.nmi import (
+    GLOBAL_THRESHOLD,
+    LOCAL_THRESHOLD,
+    NMI_TARGET,
+    LayerNMI,
+    attention_nmi,
+    summarise_layer,
+)
 
 
 def classify_pattern(

@@ -10,9 +10,6 @@ from pathlib import Path
 from bench.adapter import load_backbone
 from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
 from unip.analysis import (
-    GLOBAL_THRESHOLD,
-    LOCAL_THRESHOLD,
-    NMI_TARGET,
     AttentionAnalysis,
     analyse_attention,
     default_query_tokens,
@@ -21,6 +18,7 @@ from unip.analysis import (
 )
 from unip.figures import plot_nmi, plot_query_maps
 from unip.images import find_images, spread_sample
+from unip.nmi import GLOBAL_THRESHOLD, LOCAL_THRESHOLD, NMI_TARGET
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from unip.analysis import NMI_TARGET
+from unip.nmi import NMI_TARGET
 
 # Keys that may differ between a run and its resumption: they change how, not what.
 RESUMABLE_KEYS = frozenset({"data.num_workers", "save_every", "log_every", "resume", "progress"})

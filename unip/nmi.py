@@ -12,6 +12,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+# NMI-HAD's target: the most hybrid layer is the one closest to it (stable for 0.06-0.12).
+NMI_TARGET = 0.09
+# Pattern bounds on a layer's mean NMI (see unip.analysis): they bracket that stable range.
+LOCAL_THRESHOLD = 0.15
+GLOBAL_THRESHOLD = 0.05
+
 
 def attention_nmi(attn: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """NMI of every (image, head) of a ``B x H x N x N`` softmax attention map -> ``B x H``.

@@ -30,7 +30,9 @@ def reference_nmi(a: np.ndarray, prefix: int) -> float:
     return mi / math.sqrt(h_q * h_k)
 
 
-def with_prefix(patch_maps: torch.Tensor, prefix: int = 1, prefix_mass: float = 0.3) -> torch.Tensor:
+def with_prefix(
+    patch_maps: torch.Tensor, prefix: int = 1, prefix_mass: float = 0.3
+) -> torch.Tensor:
     """Embed ``... x N x N`` row-stochastic maps into ``N + prefix`` tokens: every row puts
     ``prefix_mass`` on the prefix keys, prefix rows attend uniformly."""
     *lead, n, _ = patch_maps.shape

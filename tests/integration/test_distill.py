@@ -1,0 +1,246 @@
+"""NMI-HAD distillation end to end on synthetic images with tiny teachers and students."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from bench.adapter import load_backbone
+from bench.cli import main
+from unip.distill import StepInfo, attention_kl, distill
+from unip.distill_config import load_config
+from unip.images import ImageListDataset, find_images, resize_centre_crop
+from unip.student import build_student
+
+IMG = 32
+
+
+def make_images(folder: Path, count: int) -> None:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        y, x = np.mgrid[0:48, 0:48]
+        cy, cx = rng.integers(6, 42, 2)
+        img = 40 + 180 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / rng.uniform(20, 120))
+        img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img, "L").save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: thread wake-ups cost more than the maths on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 images and a 2-block ViT-S teacher whose attention is far from uniform."""
+    root = tmp_path_factory.mktemp("distill")
+    make_images(root / "images", 16)
+    torch.manual_seed(0)
+    teacher = load_backbone("mae", "S", img_size=IMG, depth=2)
+    with torch.no_grad():
+        for blk in teacher.vit.blocks:
+            blk.attn.qkv.weight.mul_(3.0)  # logits x9: peaked, image-dependent attention
+        teacher.vit.pos_embed.normal_(0, 0.5)
+    torch.save({"model": teacher.vit.state_dict()}, root / "teacher.pth")
+    return root
+
+
+def write_config(root: Path, name: str, **changes) -> Path:
+    cfg = {
+        "teacher": {"adapter": "mae", "size": "S", "checkpoint": str(root / "teacher.pth"),
+                    "depth": 2, "layer": 2},
+        "student": {"size": "T", "depth": 2},
+        "data": {"path": str(root / "images"), "img_size": IMG, "num_workers": 0},
+        "optim": {"epochs": 8, "warmup_epochs": 1, "batch_size": 4, "lr": 2e-3},
+        "output_dir": str(root / name),
+        "save_every": 3,
+        "log_every": 4,
+        "progress": False,
+    }  # fmt: skip
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def eval_batch(root: Path) -> torch.Tensor:
+    """Training images, centre view, infrared normalisation: what the student was fit on."""
+    ds = ImageListDataset(find_images(root / "images")[:8], resize_centre_crop(IMG))
+    return torch.stack([ds[i] for i in range(len(ds))])
+
+
+def test_loss_falls_and_saved_student_matches_teacher_layer(workspace: Path) -> None:
+    losses: list[float] = []
+    cfg = load_config(write_config(workspace, "run_a"))
+    result = distill(cfg, callbacks=[lambda info: losses.append(info.loss)])
+    assert result.steps == len(losses) == 32
+    assert result.teacher_layer == 2 and result.last_heads == 6
+    assert np.mean(losses[-6:]) < 0.6 * np.mean(losses[:3])
+
+    log = [json.loads(ln) for ln in (workspace / "run_a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(4, 33, 4))
+    assert all(r["lr"] >= 0 and r["loss"] > 0 for r in log)
+
+    saved = torch.load(result.student_path, weights_only=True)
+    assert saved["unip"]["last_heads"] == 6 and saved["unip"]["teacher_layer"] == 2
+    assert saved["unip"]["teacher"]["adapter"] == "mae"
+    student = load_backbone("unip", "T", checkpoint=result.student_path, img_size=IMG, depth=2)
+    assert student.num_heads == [3, 6]  # ViT-T, last block with the ViT-S teacher's heads
+
+    teacher = load_backbone("mae", "S", checkpoint=workspace / "teacher.pth", img_size=IMG,
+                            depth=2).eval()  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    fresh = build_student("T", 6, IMG, depth=2).eval()
+    x = eval_batch(workspace)
+    with torch.no_grad():
+        target = teacher.attention(x, [1], logits=True)[0]
+        kl_init = attention_kl(fresh.attention(x, [-1], logits=True)[0], target)
+        kl_trained = attention_kl(student.eval().attention(x, [-1], logits=True)[0], target)
+    assert kl_trained < 0.7 * kl_init
+
+
+def test_teacher_layer_chosen_by_nmi(workspace: Path) -> None:
+    cfg = load_config(
+        write_config(workspace, "run_nmi", teacher__layer=None, optim__epochs=1),
+        ["teacher.nmi_images=6", "teacher.nmi_target=0.5"],
+    )
+    result = distill(cfg)
+    analysis = json.loads((workspace / "run_nmi" / "teacher_nmi.json").read_text())
+    means = [entry["mean"] for entry in analysis["layers"]]
+    assert analysis["num_images"] == 6
+    assert result.teacher_layer == analysis["teacher_layer"]
+    assert result.teacher_layer == 1 + int(np.argmin([abs(m - 0.5) for m in means]))
+
+
+KILLED_RUN = """
+import sys, time, torch
+from pathlib import Path
+from unip.distill import distill
+from unip.distill_config import load_config
+from unip.images import ImageListDataset, find_images, resize_centre_crop
+marker = Path(sys.argv[2])
+def pause(info):
+    if info.step == int(sys.argv[3]):
+        marker.write_text(str(info.step))
+        time.sleep(600)  # the parent kills us here
+distill(load_config(sys.argv[1]), callbacks=[pause])
+"""
+
+
+def test_kill_and_resume_gives_the_same_student(workspace: Path) -> None:
+    reference = distill(load_config(write_config(workspace, "run_ref", optim__epochs=3)))
+
+    cfg_path = write_config(workspace, "run_kill", optim__epochs=3)
+    marker = workspace / "killed_at"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(cfg_path), str(marker), "5"], env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not reach step 5"
+            time.sleep(0.05)
+        assert (workspace / "run_kill" / "checkpoint.pth").exists()
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = workspace / "run_kill"
+    assert not (out / "student.pth").exists()
+    assert torch.load(out / "checkpoint.pth", weights_only=False)["step"] == 3
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 6, "los')  # as if killed mid-write
+
+    assert main(["distill", str(cfg_path), "--set", "progress=false"]) == 0  # resumes at 3
+    want = torch.load(reference.student_path, weights_only=True)["model"]
+    got = torch.load(out / "student.pth", weights_only=True)["model"]
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    ref_log = (workspace / "run_ref" / "log.jsonl").read_text()
+    assert (out / "log.jsonl").read_text() == _without_timing(ref_log, like=out / "log.jsonl")
+
+
+def _without_timing(reference: str, like: Path) -> str:
+    """The reference log with the resumed log's timings: everything else must be equal."""
+    ref = [json.loads(ln) for ln in reference.splitlines()]
+    got = [json.loads(ln) for ln in like.read_text().splitlines()]
+    assert len(ref) == len(got)
+    merged = [{**r, "sec_per_step": g["sec_per_step"]} for r, g in zip(ref, got, strict=True)]
+    return "".join(json.dumps(r) + "\n" for r in merged)
+
+
+def test_resume_refuses_another_recipe(workspace: Path) -> None:
+    cfg = load_config(write_config(workspace, "run_once", optim__epochs=1))
+    distill(cfg)
+    changed = load_config(write_config(workspace, "run_once", optim__epochs=1, optim__lr=1e-3))
+    with pytest.raises(ValueError, match=r"another recipe \(optim.lr: 0.002 -> 0.001\)"):
+        distill(changed)
+    same_but_logging = load_config(write_config(workspace, "run_once", optim__epochs=1,
+                                                log_every=1))  # fmt: skip
+    assert distill(same_but_logging).steps == 4
+
+
+def test_config_errors_name_file_and_key(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_config(workspace, "bad", optim__epoch=3)
+    with pytest.raises(ValueError, match=r"bad.yaml: optim.epoch: Extra inputs"):
+        load_config(path)
+    good = write_config(workspace, "good")
+    with pytest.raises(ValueError, match=r"--set: optim.batch_size: Input should be a valid int"):
+        load_config(good, ["optim.batch_size=many"])
+    cfg = load_config(good, ["optim.epochs=2", "teacher.layer=1", "optim.betas=[0.9, 0.99]"])
+    assert (cfg.optim.epochs, cfg.teacher.layer, cfg.optim.betas) == (2, 1, (0.9, 0.99))
+    assert load_config(good, ["optim.lr=null"]).optim.effective_lr == pytest.approx(
+        1.5e-4 * 4 / 256
+    )
+    assert main(["distill", str(path)]) == 2
+    assert "optim.epoch" in capsys.readouterr().err
+
+
+def test_step_info_reports_each_step(workspace: Path) -> None:
+    seen: list[StepInfo] = []
+    distill(load_config(write_config(workspace, "run_info", optim__epochs=1)), [seen.append])
+    assert [s.step for s in seen] == [1, 2, 3, 4]
+    assert seen[0].lr == 0.0  # linear warm-up starts from zero
+
+
+def test_example_configs_mirror_the_released_recipes() -> None:
+    configs = Path(__file__).resolve().parents[2] / "unip" / "configs"
+    recipes = {
+        "unip-s_mae-l18.yaml": ("mae", "L", 18),
+        "unip-s_ibot-l21.yaml": ("ibot", "L", 21),
+        "unip-s_dino-b9.yaml": ("dino", "B", 9),
+    }
+    for name, (adapter, size, layer) in recipes.items():
+        cfg = load_config(configs / name)
+        assert (cfg.teacher.adapter, cfg.teacher.size, cfg.teacher.layer) == (adapter, size, layer)
+        assert cfg.optim.effective_lr == pytest.approx(2.4e-3)
+        assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.betas) == (100, 5, (0.9, 0.95))
+        assert (cfg.data.img_size, cfg.data.scale, cfg.student.drop_path) == (224, (0.2, 1.0), 0.1)
+    tiny = load_config(configs / "tiny-synthetic.yaml")
+    assert tiny.teacher.layer is None and tiny.teacher.checkpoint is None
