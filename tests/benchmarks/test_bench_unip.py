@@ -55,6 +55,14 @@ def best_of_interleaved(rounds: int, **sides: Callable[[], object]) -> dict[str,
     return best
 
 
+def compare(benchmark, rounds: int, **sides: Callable[[], object]) -> dict[str, float]:
+    """One untimed warm-up round (allocations, caches), then the timed interleaved rounds."""
+    best_of_interleaved(1, **sides)
+    return benchmark.pedantic(
+        best_of_interleaved, args=(rounds,), kwargs=sides, rounds=1, iterations=1
+    )
+
+
 def test_distill_step_costs_at_most_1p1x_a_bare_loop(benchmark, tmp_path: Path) -> None:
     from accelerate import Accelerator
 
@@ -93,13 +101,7 @@ def test_distill_step_costs_at_most_1p1x_a_bare_loop(benchmark, tmp_path: Path) 
         bare_opt.zero_grad(set_to_none=True)
 
     rounds = 6 if benchmark.enabled else 3
-    best_of_interleaved(1, bare=bare_step, trainer=trainer_step)  # warm-up: allocations
-    best = benchmark.pedantic(
-        best_of_interleaved,
-        kwargs={"rounds": rounds, "bare": bare_step, "trainer": trainer_step},
-        rounds=1,
-        iterations=1,
-    )
+    best = compare(benchmark, rounds, bare=bare_step, trainer=trainer_step)
     ratio = best["trainer"] / best["bare"]
     benchmark.extra_info.update(bare_s=best["bare"], trainer_s=best["trainer"], ratio=ratio)
     print(
@@ -126,13 +128,7 @@ def test_nmi_costs_at_most_0p2x_the_forward(benchmark) -> None:
                 attention_nmi(a, bb.num_prefix_tokens)
 
         rounds = 10 if benchmark.enabled else 5
-        best_of_interleaved(1, forward=forward, nmi=nmi)
-        best = benchmark.pedantic(
-            best_of_interleaved,
-            kwargs={"rounds": rounds, "forward": forward, "nmi": nmi},
-            rounds=1,
-            iterations=1,
-        )
+        best = compare(benchmark, rounds, forward=forward, nmi=nmi)
     ratio = best["nmi"] / best["forward"]
     benchmark.extra_info.update(forward_s=best["forward"], nmi_s=best["nmi"], ratio=ratio)
     print(
