@@ -1,0 +1,199 @@
+"""A suite's run matrix (models x datasets x protocols x seeds) and stable run ids.
+
+A run's id hashes what determines its result: adapter, size, options, the checkpoint's
+sha256 (not its path), dataset name and layout, protocol, fully resolved settings, seed
+and protocol version. Paths, labels and the suite's name are kept with the run but are
+not part of the id, so moving a file or renaming a row does not redo work, while any
+change of weights or hyperparameters does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from bench.adapter import SIZE_LETTER, canonical_size
+from bench.suite import Suite
+
+RUN_ID_CHARS = 16
+
+
+@dataclass
+class Run:
+    """One cell of the matrix, fully resolved; picklable for worker processes."""
+
+    run_id: str
+    suite: str
+    protocol: str
+    protocol_version: str
+    model_name: str
+    adapter: str
+    size: str
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    options: dict[str, Any]
+    dataset: str
+    dataset_root: str
+    layout: str | None
+    synthetic: dict[str, Any] | None
+    settings: dict[str, Any]
+    seed: int
+    identity: dict[str, Any] = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        model = f"{self.model_name}-{SIZE_LETTER[self.size]}"
+        return f"{model}/{self.dataset}/{self.protocol}/s{self.seed}"
+
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration stored with the result (identity + paths + labels)."""
+        out = asdict(self)
+        out.pop("identity")
+        out.pop("run_id")
+        return out
+
+    def matches(self, pattern: str) -> bool:
+        """``--only``: comma-separated alternatives, each a shell glob over the label
+        (``mae-T/soda/*``), an exact model / dataset / protocol name, or a run-id prefix."""
+        for p in (s.strip() for s in pattern.split(",")):
+            if not p:
+                continue
+            if fnmatch.fnmatchcase(self.label, p) or p in (
+                self.model_name, self.dataset, self.protocol
+            ):
+                return True
+            if len(p) >= 4 and self.run_id.startswith(p):
+                return True
+        return False
+
+
+def run_id_of(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:RUN_ID_CHARS]
+
+
+class HashCache:
+    """sha256 of files keyed by (path, size, mtime): large checkpoints are hashed once."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._mem: dict[str, str] = {}
+
+    def _key(self, p: Path) -> str:
+        st = p.stat()
+        return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def _load(self) -> dict[str, str]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}  # a damaged cache only costs re-hashing
+
+    def sha256(self, p: Path) -> str:
+        from bench.checkpoint import sha256_file
+
+        key = self._key(p)
+        if key in self._mem:
+            return self._mem[key]
+        disk = self._load()
+        if key not in disk:
+            disk[key] = sha256_file(p)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with FileLock(str(self.path) + ".lock"):
+                    merged = {**self._load(), key: disk[key]}
+                    tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+                    tmp.write_text(json.dumps(merged, indent=0, sort_keys=True))
+                    os.replace(tmp, self.path)
+        self._mem[key] = disk[key]
+        return disk[key]
+
+    def directory(self, d: Path) -> str:
+        """One digest for an export folder: its files' relative names and hashes."""
+        h = hashlib.sha256()
+        for f in sorted(p for p in d.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(d)}:{self.sha256(f)}\n".encode())
+        return h.hexdigest()
+
+
+def checkpoint_identity(
+    checkpoint: str | None, sha256: str | None, cache: HashCache
+) -> tuple[str | None, str | None]:
+    """(path or URL to load, what identifies the weights) for a model's checkpoint."""
+    if checkpoint is None:
+        return None, None
+    if checkpoint.startswith(("http://", "https://")):
+        return checkpoint, sha256.lower() if sha256 else f"url:{checkpoint}"
+    path = Path(checkpoint).expanduser().resolve()
+    if sha256:
+        return str(path), sha256.lower()
+    if path.is_file():
+        return str(path), cache.sha256(path)
+    if path.is_dir():
+        return str(path), "dir:" + cache.directory(path)
+    # Missing now: the run fails when loading and says so; the id changes once it exists.
+    return str(path), f"missing:{path}"
+
+
+def expand(suite: Suite, hash_cache: HashCache | None = None) -> list[Run]:
+    """Every run of ``suite``, in a stable order: model, dataset, protocol, seed."""
+    from bench.protocols.config import PROTOCOL_VERSION
+    from bench.suite_checks import resolved_settings
+
+    cache = hash_cache or HashCache(None)
+    spec = suite.spec
+    runs: list[Run] = []
+    for mi, m in enumerate(spec.models):
+        size = canonical_size(m.size)
+        ckpt, weights = checkpoint_identity(m.checkpoint, m.sha256, cache)
+        for di, d in enumerate(spec.datasets):
+            synthetic = d.synthetic.model_dump() if d.synthetic else None
+            for protocol in spec.protocols:
+                settings = resolved_settings(suite, mi, di, protocol).model_dump(mode="json")
+                for seed in spec.seeds:
+                    identity = {
+                        "protocol": protocol,
+                        "protocol_version": PROTOCOL_VERSION,
+                        "model": {
+                            "adapter": m.adapter,
+                            "size": size,
+                            "weights": weights,
+                            "options": m.options,
+                        },
+                        "dataset": {"name": d.name, "layout": d.layout, "synthetic": synthetic},
+                        "settings": settings,
+                        "seed": seed,
+                    }
+                    runs.append(Run(
+                        run_id=run_id_of(identity),
+                        suite=spec.suite,
+                        protocol=protocol,
+                        protocol_version=PROTOCOL_VERSION,
+                        model_name=m.label,
+                        adapter=m.adapter,
+                        size=size,
+                        checkpoint=ckpt,
+                        checkpoint_sha256=weights if weights and _is_digest(weights) else None,
+                        options=dict(m.options),
+                        dataset=d.name,
+                        dataset_root=str(Path(d.root).expanduser().resolve()),
+                        layout=d.layout,
+                        synthetic=synthetic,
+                        settings=settings,
+                        seed=seed,
+                        identity=identity,
+                    ))
+    return runs
+
+
+def _is_digest(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)

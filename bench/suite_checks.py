@@ -1,0 +1,250 @@
+"""Checks of a loaded suite: names and settings (always), files on disk (``validate``).
+
+Every problem is located at the line of the key that caused it, so a misspelt adapter,
+dataset, protocol or setting points at the exact line of the YAML (or of its include).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bench.registry import did_you_mean
+from bench.suite import Suite, SuiteProblem
+
+
+def _known_datasets() -> list[str]:
+    from bench.data import list_datasets
+
+    return list(list_datasets())
+
+
+def _check_protocol_name(suite: Suite, key_path: tuple, name: str) -> SuiteProblem | None:
+    from bench.protocols.config import PROTOCOL_ALIASES, SETTINGS_CLASSES
+
+    if name in SETTINGS_CLASSES:
+        return None
+    if name in PROTOCOL_ALIASES:
+        return suite.problem(key_path, f"write the protocol as {PROTOCOL_ALIASES[name]!r}")
+    return suite.problem(
+        key_path,
+        f"unknown protocol {name!r}; known: {', '.join(SETTINGS_CLASSES)}."
+        + did_you_mean(name, list(SETTINGS_CLASSES)),
+    )
+
+
+def _check_setting_keys(
+    suite: Suite, protocol: str, values: dict[str, Any], base: tuple
+) -> list[SuiteProblem]:
+    from bench.protocols.config import SETTINGS_CLASSES
+
+    fields = sorted(SETTINGS_CLASSES[protocol].model_fields)
+    return [
+        suite.problem(
+            base + (key,),
+            f"unknown setting {key!r} for protocol {protocol}." + did_you_mean(key, fields),
+        )
+        for key in values
+        if key not in fields
+    ]
+
+
+def _override_layers(suite: Suite, mi: int, di: int, protocol: str) -> list[tuple[tuple, dict]]:
+    """(key path, values) of every settings layer of one combination, lowest first."""
+    spec = suite.spec
+    return [
+        (("protocols", protocol), suite.protocol_settings(protocol)),
+        (("datasets", di, "overrides", protocol), spec.datasets[di].overrides.get(protocol, {})),
+        (("models", mi, "overrides", protocol), spec.models[mi].overrides.get(protocol, {})),
+    ]
+
+
+def resolved_settings(suite: Suite, mi: int, di: int, protocol: str) -> Any:
+    """Settings of model ``mi`` on dataset ``di``: paper defaults <- suite <- dataset <- model."""
+    from bench.protocols.config import resolve_settings
+
+    merged: dict[str, Any] = {}
+    for _, values in _override_layers(suite, mi, di, protocol):
+        merged.update(values or {})
+    m, d = suite.spec.models[mi], suite.spec.datasets[di]
+    return resolve_settings(protocol, d.name, m.adapter, m.size, merged)
+
+
+def _settings_problems(suite: Suite, mi: int, di: int, protocol: str) -> list[SuiteProblem]:
+    layers = _override_layers(suite, mi, di, protocol)
+    try:
+        resolved_settings(suite, mi, di, protocol)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            # Blame the most specific layer that set the field; defaults blame the protocol.
+            where: tuple = ("protocols", protocol)
+            for path, values in layers:
+                if field in (values or {}):
+                    where = path + (field,)
+            out.append(suite.problem(where, f"{err['msg']}"))
+        return out
+    except ValueError as exc:
+        return [suite.problem(("datasets", di), str(exc))]
+    return []
+
+
+def check_semantics(suite: Suite) -> list[SuiteProblem]:
+    """Names (adapters, sizes, datasets, protocols), setting keys and values, duplicates."""
+    from bench.adapter import AdapterError, canonical_size, list_adapters
+    from bench.protocols.config import PROTOCOL_VERSION
+
+    spec = suite.spec
+    problems: list[SuiteProblem] = []
+    if spec.protocol_version != PROTOCOL_VERSION:
+        problems.append(suite.problem(
+            ("protocol_version",),
+            f"the suite was written for protocol version {spec.protocol_version!r}, this "
+            f"unip-bench implements {PROTOCOL_VERSION!r}; check what changed and update it",
+        ))
+    protocols = list(spec.protocols)
+    for p in protocols:
+        bad = _check_protocol_name(suite, ("protocols", p), p)
+        if bad:
+            problems.append(bad)
+        else:
+            problems += _check_setting_keys(
+                suite, p, suite.protocol_settings(p), ("protocols", p)
+            )
+
+    adapters = list_adapters()
+    seen_models: dict[tuple, int] = {}
+    for i, m in enumerate(spec.models):
+        if m.adapter not in adapters:
+            problems.append(suite.problem(
+                ("models", i, "adapter"),
+                f"unknown adapter {m.adapter!r}; known: {', '.join(adapters)}."
+                + did_you_mean(m.adapter, adapters),
+            ))
+        try:
+            size = canonical_size(m.size)
+        except AdapterError as exc:
+            problems.append(suite.problem(("models", i, "size"), str(exc)))
+            size = m.size
+        key = (m.label, size)
+        if key in seen_models:
+            problems.append(suite.problem(
+                ("models", i),
+                f"model {m.label!r} size {m.size} is listed twice "
+                f"(also models[{seen_models[key]}]); give one a different name",
+            ))
+        seen_models.setdefault(key, i)
+        problems += _check_overrides(suite, ("models", i, "overrides"), m.overrides)
+
+    datasets = _known_datasets()
+    seen_data: dict[str, int] = {}
+    for i, d in enumerate(spec.datasets):
+        if d.name not in datasets:
+            problems.append(suite.problem(
+                ("datasets", i, "name"),
+                f"unknown dataset {d.name!r}; known: {', '.join(datasets)}."
+                + did_you_mean(d.name, datasets),
+            ))
+        if d.name in seen_data:
+            problems.append(suite.problem(
+                ("datasets", i), f"dataset {d.name!r} is listed twice "
+                f"(also datasets[{seen_data[d.name]}])"
+            ))
+        seen_data.setdefault(d.name, i)
+        problems += _check_overrides(suite, ("datasets", i, "overrides"), d.overrides)
+
+    if len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(suite.problem(("seeds",), f"seeds repeat: {spec.seeds}"))
+    if problems:  # settings of unknown names would only repeat the same errors
+        return problems
+    for p in protocols:
+        for mi in range(len(spec.models)):
+            for di in range(len(spec.datasets)):
+                problems += _settings_problems(suite, mi, di, p)
+    return list(dict.fromkeys(problems))  # one combination's error often repeats
+
+
+def _check_overrides(suite: Suite, base: tuple, overrides: dict) -> list[SuiteProblem]:
+    problems = []
+    for p, values in overrides.items():
+        bad = _check_protocol_name(suite, base + (p,), p)
+        if bad:
+            problems.append(bad)
+        else:
+            problems += _check_setting_keys(suite, p, values or {}, base + (p,))
+    return problems
+
+
+# ---------------------------------------------------------------------------- disk checks
+def check_files(
+    suite: Suite,
+    *,
+    load_checkpoints: bool = True,
+    full_data_check: bool = True,
+    sha256_of: Callable[[Path], str] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> list[SuiteProblem]:
+    """What ``unipbench validate`` adds: checkpoints exist, hash and load; dataset folders.
+
+    Datasets marked ``synthetic`` whose folder does not exist yet are skipped (the runner
+    generates them).
+    """
+    from bench.checkpoint import sha256_file
+
+    hash_fn = sha256_of or sha256_file
+    problems: list[SuiteProblem] = []
+    for i, m in enumerate(suite.spec.models):
+        if m.checkpoint is None:
+            continue
+        where = ("models", i, "checkpoint")
+        if m.checkpoint.startswith(("http://", "https://")):
+            log(f"models[{i}] {m.label}: URL checkpoint, checked when first downloaded")
+            continue
+        path = Path(m.checkpoint).expanduser()
+        if not path.exists():
+            problems.append(suite.problem(where, f"checkpoint {path} does not exist"))
+            continue
+        if m.sha256 and path.is_file():
+            digest = hash_fn(path)
+            if digest.lower() != m.sha256.lower():
+                problems.append(suite.problem(
+                    ("models", i, "sha256"),
+                    f"checkpoint {path} has sha256 {digest}, the suite expects {m.sha256}",
+                ))
+                continue
+        if load_checkpoints:
+            problems += _load_problem(suite, i)
+    for i, d in enumerate(suite.spec.datasets):
+        root = Path(d.root).expanduser()
+        if d.synthetic is not None and not root.exists():
+            log(f"datasets[{i}] {d.name}: synthetic, generated at {root} on the first run")
+            continue
+        problems += _dataset_problems(suite, i, root, full_data_check)
+    return problems
+
+
+def _load_problem(suite: Suite, i: int) -> list[SuiteProblem]:
+    from bench.adapter import load_backbone
+
+    m = suite.spec.models[i]
+    try:
+        load_backbone(m.adapter, m.size, m.checkpoint, sha256=m.sha256, **m.options)
+    except (ValueError, KeyError, OSError) as exc:
+        return [suite.problem(("models", i, "checkpoint"), f"does not load: {exc}")]
+    return []
+
+
+def _dataset_problems(suite: Suite, i: int, root: Path, full: bool) -> list[SuiteProblem]:
+    from bench.data.check import check_dataset
+
+    d = suite.spec.datasets[i]
+    if not root.exists():
+        return [suite.problem(("datasets", i, "root"), f"dataset folder {root} does not exist")]
+    report = check_dataset(d.name, root, full=full)
+    if report.ok:
+        return []
+    return [suite.problem(("datasets", i, "root"), f"{d.name}: {e}") for e in report.errors]

@@ -1,0 +1,187 @@
+"""Suite YAML: schema, includes, and errors that name the file, the line and the key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.suite import SuiteError, load_suite
+
+VALID = """\
+suite: unit
+protocol_version: "1.0"
+models:
+  - {adapter: mae, size: T}
+  - adapter: unip
+    size: T
+    options: {last_heads: 16}
+datasets:
+  - name: soda
+    root: data/soda
+protocols:
+  fine_tune: {iters: 10, warmup_iters: 2}
+  linear_probe:
+seeds: [0, 1]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    return [str(p) for p in info.value.problems]
+
+
+def test_valid_suite_loads(tmp_path: Path) -> None:
+    suite = load_suite(write(tmp_path, VALID))
+    assert suite.name == "unit"
+    assert [m.label for m in suite.spec.models] == ["mae", "unip"]
+    assert suite.protocol_settings("linear_probe") == {}
+    assert suite.spec.executor.kind == "inline"
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, VALID.replace("seeds: [0, 1]", "seeds: [0, 1"))
+    (msg,) = problems(p)
+    assert f"{p}:" in msg and "invalid YAML" in msg
+
+
+def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
+    p = write(tmp_path, VALID + "seeds: [3]\n")
+    (msg,) = problems(p)
+    assert f"{p}:15: seeds: duplicate key (first given on line 14)" in msg
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "expected"),
+    [
+        ("seeds: [0, 1]", "seeeds: [0, 1]", 14,
+         "seeeds: unknown key 'seeeds'. Did you mean 'seeds'?"),
+        ("  - adapter: unip", "  - adaptor: unip", 5,
+         "models[1].adaptor: unknown key 'adaptor'. Did you mean 'adapter'?"),
+        ("    root: data/soda", "    rot: data/soda", 10,
+         "datasets[0].rot: unknown key 'rot'. Did you mean 'root'?"),
+        ("{adapter: mae, size: T}", "{adapter: maee, size: T}", 4,
+         "models[0].adapter: unknown adapter 'maee'"),
+        ("  - name: soda", "  - name: sodaa", 9, "datasets[0].name: unknown dataset 'sodaa'"),
+        ("  linear_probe:", "  linear_prob:", 13,
+         "protocols.linear_prob: unknown protocol 'linear_prob'"),
+        ("{iters: 10, warmup_iters: 2}", "{itres: 10, warmup_iters: 2}", 12,
+         "protocols.fine_tune.itres: unknown setting 'itres' for protocol fine_tune. "
+         "Did you mean 'iters'?"),
+        ("    size: T", "    size: XL", 6, "models[1].size: unknown ViT size 'XL'"),
+        ("seeds: [0, 1]", "seeds: [zero]", 14, "seeds[0]: Input should be a valid integer"),
+        ('protocol_version: "1.0"', 'protocol_version: "0.9"', 2,
+         "protocol_version: the suite was written for protocol version '0.9'"),
+    ],
+)
+def test_error_names_file_line_key_and_suggestion(
+    tmp_path: Path, old: str, new: str, line: int, expected: str
+) -> None:
+    assert old in VALID
+    p = write(tmp_path, VALID.replace(old, new))
+    msgs = problems(p)
+    assert any(m.startswith(f"{p}:{line}: {expected}") for m in msgs), msgs
+
+
+def test_did_you_mean_for_names(tmp_path: Path) -> None:
+    msgs = problems(write(tmp_path, VALID.replace("adapter: mae,", "adapter: maee,")
+                          .replace("name: soda", "name: sodaa")
+                          .replace("linear_probe:", "linear_prob:")))
+    text = "\n".join(msgs)
+    assert "Did you mean 'mae'" in text
+    assert "Did you mean 'soda'" in text
+    assert "Did you mean 'linear_probe'" in text
+
+
+def test_missing_key_points_at_the_enclosing_mapping(tmp_path: Path) -> None:
+    p = write(tmp_path, VALID.replace("    size: T\n", ""))
+    assert f"{p}:5: models[1].size: missing required key 'size'" in problems(p)
+
+
+def test_bad_value_is_blamed_on_the_layer_that_set_it(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "    options: {last_heads: 16}",
+        "    options: {last_heads: 16}\n    overrides:\n      fine_tune: {lr: -1}",
+    )
+    p = write(tmp_path, text)
+    msgs = problems(p)
+    assert any(m.startswith(f"{p}:9: models[1].overrides.fine_tune.lr: Input should be greater")
+               for m in msgs), msgs
+
+
+def test_dataset_without_schedule_needs_iters(tmp_path: Path) -> None:
+    text = VALID.replace("name: soda", "name: ade20k").replace(
+        "  fine_tune: {iters: 10, warmup_iters: 2}\n", "")
+    p = write(tmp_path, text)
+    (msg,) = problems(p)
+    assert msg.startswith(f"{p}:9: datasets[0]: dataset 'ade20k' has no paper schedule")
+
+
+def test_include_is_merged_and_errors_point_into_it(tmp_path: Path) -> None:
+    write(tmp_path, """\
+        datasets:
+          - {name: soda, root: data/soda}
+        protocols:
+          fine_tune: {iters: 10, warmup_iters: 2, batch_sise: 2}
+        seeds: [7]
+        """, "defaults.yaml")
+    main = write(tmp_path, """\
+        suite: with-include
+        protocol_version: "1.0"
+        include: defaults.yaml
+        models: [{adapter: mae, size: T}]
+        protocols:
+          fine_tune: {iters: 20}
+        """)
+    msgs = problems(main)
+    assert msgs == [
+        f"{tmp_path / 'defaults.yaml'}:4: protocols.fine_tune.batch_sise: unknown setting "
+        "'batch_sise' for protocol fine_tune. Did you mean 'batch_size' or 'crop_size'?"
+    ]
+    (tmp_path / "defaults.yaml").write_text(
+        (tmp_path / "defaults.yaml").read_text().replace(", batch_sise: 2", ""))
+    suite = load_suite(main)
+    assert suite.spec.seeds == [7]  # from the include
+    assert suite.protocol_settings("fine_tune") == {"iters": 20, "warmup_iters": 2}  # deep merge
+    assert suite.locate(("protocols", "fine_tune", "iters")) == (str(main), 6)
+    assert suite.locate(("protocols", "fine_tune", "warmup_iters")) == (
+        str(tmp_path / "defaults.yaml"), 4)
+
+
+def test_nested_include_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "seeds: [1]\n", "base.yaml")
+    write(tmp_path, "include: base.yaml\nseeds: [2]\n", "defaults.yaml")
+    main = write(tmp_path, VALID + "include: defaults.yaml\n")
+    (msg,) = problems(main)
+    assert msg.startswith(f"{tmp_path / 'defaults.yaml'}:1: include: included files cannot "
+                          "include others")
+
+
+def test_missing_include(tmp_path: Path) -> None:
+    main = write(tmp_path, VALID + "include: nowhere.yaml\n")
+    (msg,) = problems(main)
+    assert msg.startswith(f"{main}:15: include: included file") and "does not exist" in msg
+
+
+def test_duplicate_model_is_refused(tmp_path: Path) -> None:
+    twice = "  - {adapter: mae, size: T}\n  - {adapter: mae, size: tiny}"
+    p = write(tmp_path, VALID.replace("  - {adapter: mae, size: T}", twice))
+    assert any("listed twice" in m and f"{p}:5:" in m for m in problems(p))
+
+
+def test_shipped_suites_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "suites"
+    paths = [root / "demo.yaml", *sorted((root / "paper").glob("*.yaml"))]
+    loaded = [load_suite(p) for p in paths if p.name != "infrared_defaults.yaml"]
+    assert {s.name for s in loaded} == {
+        "demo", "paper-infrared-finetune", "paper-infrared-linear-probe",
+        "paper-layerwise-rgb-depth",
+    }

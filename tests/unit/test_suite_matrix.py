@@ -1,0 +1,119 @@
+"""Run matrix: expansion order, stable run ids, what changes them, --only patterns."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.matrix import HashCache, expand
+from bench.suite import load_suite
+
+SUITE = """\
+suite: {name}
+protocol_version: "1.0"
+models:
+  - {{adapter: mae, size: T{ckpt}}}
+  - {{adapter: deit, size: S, name: {label}}}
+datasets:
+  - {{name: soda, root: {root}}}
+  - {{name: mfnet_thermal, root: data/mfnet}}
+protocols:
+  fine_tune: {{iters: {iters}, warmup_iters: 2}}
+  linear_probe: {{iters: 10, warmup_iters: 2}}
+seeds: [0, 1]
+"""
+
+
+def suite_file(tmp_path: Path, name: str = "a", label: str = "deit", root: str = "data/soda",
+               iters: int = 10, ckpt: str = "", fname: str = "s.yaml") -> Path:
+    p = tmp_path / fname
+    extra = f", checkpoint: {ckpt}" if ckpt else ""
+    p.write_text(textwrap.dedent(SUITE.format(name=name, label=label, root=root, iters=iters,
+                                              ckpt=extra)))
+    return p
+
+
+def ids(path: Path, cache: HashCache | None = None) -> list[str]:
+    return [r.run_id for r in expand(load_suite(path), cache)]
+
+
+def test_expansion_order_and_labels(tmp_path: Path) -> None:
+    runs = expand(load_suite(suite_file(tmp_path)))
+    assert len(runs) == 2 * 2 * 2 * 2
+    assert runs[0].label == "mae-T/soda/fine_tune/s0"
+    assert runs[1].label == "mae-T/soda/fine_tune/s1"
+    assert runs[2].label == "mae-T/soda/linear_probe/s0"
+    assert runs[-1].label == "deit-S/mfnet_thermal/linear_probe/s1"
+    assert len({r.run_id for r in runs}) == len(runs)
+    ft = runs[0]
+    assert ft.settings["iters"] == 10 and ft.settings["crop_size"] == 512  # paper default
+    assert ft.dataset_root == str((Path.cwd() / "data/soda").resolve())
+    assert ft.checkpoint is None and ft.size == "tiny"
+
+
+def test_ids_are_stable_and_ignore_labels_paths_and_suite_name(tmp_path: Path) -> None:
+    base = ids(suite_file(tmp_path))
+    assert ids(suite_file(tmp_path)) == base
+    renamed = ids(suite_file(tmp_path, name="other", label="deit_renamed", root="/elsewhere"))
+    assert renamed == base
+
+
+def test_ids_change_with_settings_seed_and_version(tmp_path: Path, monkeypatch) -> None:
+    base = ids(suite_file(tmp_path))
+    changed = ids(suite_file(tmp_path, iters=11))
+    # fine-tuning runs change, linear-probing runs do not
+    assert [a != b for a, b in zip(base, changed, strict=True)][:4] == [True, True, False, False]
+    import bench.protocols.config as config
+
+    monkeypatch.setattr(config, "PROTOCOL_VERSION", "9.9")
+    p = suite_file(tmp_path)
+    p.write_text(p.read_text().replace('"1.0"', '"9.9"'))
+    assert not set(ids(p)) & set(base)
+
+
+def test_ids_follow_checkpoint_content_not_path(tmp_path: Path) -> None:
+    ck = tmp_path / "w.pth"
+    ck.write_bytes(b"weights-1")
+    cache = HashCache(tmp_path / "hashes.json")
+    first = ids(suite_file(tmp_path, ckpt=str(ck)), cache)
+    moved = tmp_path / "moved.pth"
+    moved.write_bytes(b"weights-1")
+    assert ids(suite_file(tmp_path, ckpt=str(moved)), cache)[:8] == first[:8]
+    ck.write_bytes(b"weights-2")
+    os.utime(ck, ns=(1, 1))  # a new mtime: the cache must not serve the old hash
+    assert ids(suite_file(tmp_path, ckpt=str(ck)), cache)[:8] != first[:8]
+    random_init = ids(suite_file(tmp_path))
+    assert random_init[:8] != first[:8]
+    assert (tmp_path / "hashes.json").exists()
+
+
+def test_given_sha256_is_used_without_hashing(tmp_path: Path) -> None:
+    digest = "ab" * 32
+    p = suite_file(tmp_path, ckpt=f"missing.pth, sha256: {'AB' * 32}")
+    runs = expand(load_suite(p))
+    assert runs[0].checkpoint_sha256 == digest
+    assert runs[0].identity["model"]["weights"] == digest
+
+
+@pytest.mark.parametrize(
+    ("pattern", "count"),
+    [
+        ("mae", 8),  # exact model name, not crossmae-like substrings
+        ("deit-S/*", 8),
+        ("*/soda/fine_tune/*", 4),
+        ("linear_probe", 8),
+        ("mae-T/soda/*/s1,deit-S/mfnet_thermal/fine_tune/s0", 3),
+        ("ma", 0),
+    ],
+)
+def test_only_patterns(tmp_path: Path, pattern: str, count: int) -> None:
+    runs = expand(load_suite(suite_file(tmp_path)))
+    assert sum(r.matches(pattern) for r in runs) == count
+
+
+def test_only_by_run_id_prefix(tmp_path: Path) -> None:
+    runs = expand(load_suite(suite_file(tmp_path)))
+    assert [r for r in runs if r.matches(runs[3].run_id[:8])] == [runs[3]]
