@@ -178,6 +178,18 @@ def default_query_tokens(grid: tuple[int, int]) -> list[int]:
     return list(dict.fromkeys(r * w + c for r, c in points))
 
 
+def check_map_request(
+    depth: int, grid: tuple[int, int], layers: Sequence[int], queries: Sequence[int]
+) -> None:
+    """Layers within 1..depth and query patches within the grid, or a ValueError."""
+    for i in layers:
+        if not 1 <= i <= depth:
+            raise ValueError(f"layer {i} is outside 1..{depth}")
+    for q in queries:
+        if not 0 <= q < grid[0] * grid[1]:
+            raise ValueError(f"query token {q} is outside the {grid[0]}x{grid[1]} patch grid")
+
+
 @torch.inference_mode()
 def query_attention_maps(
     backbone: Backbone, image: torch.Tensor, layers: Sequence[int], queries: Sequence[int]
@@ -190,13 +202,7 @@ def query_attention_maps(
     """
     p = backbone.patch_size
     grid = (image.shape[-2] // p, image.shape[-1] // p)
-    n = grid[0] * grid[1]
-    for q in queries:
-        if not 0 <= q < n:
-            raise ValueError(f"query token {q} is outside the {grid[0]}x{grid[1]} patch grid")
-    for i in layers:
-        if not 1 <= i <= backbone.depth:
-            raise ValueError(f"layer {i} is outside 1..{backbone.depth}")
+    check_map_request(backbone.depth, grid, layers, queries)
     device = next(backbone.parameters()).device
     backbone.eval()
     maps = backbone.attention(image[None].to(device), [i - 1 for i in layers])

@@ -12,6 +12,7 @@ from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
 from unip.analysis import (
     AttentionAnalysis,
     analyse_attention,
+    check_map_request,
     default_query_tokens,
     image_loader,
     query_attention_maps,
@@ -65,6 +66,8 @@ def run_attention_analysis(
     backbone = load_backbone(
         adapter, size, checkpoint=checkpoint, img_size=img_size, **backbone_options
     )
+    grid = (img_size // backbone.patch_size, img_size // backbone.patch_size)
+    check_map_request(backbone.depth, grid, maps_layers or [], query_tokens or [])
     mean, std = normalisation_stats(backbone, normalisation)
     paths = spread_sample(find_images(data), num_images)
     loader = image_loader(paths, img_size, mean, std, batch_size, num_workers)
@@ -85,7 +88,6 @@ def run_attention_analysis(
     layers = (
         list(maps_layers) if maps_layers else sorted({1, analysis.teacher_layer, backbone.depth})
     )
-    grid = (img_size // backbone.patch_size, img_size // backbone.patch_size)
     queries = list(query_tokens) if query_tokens else default_query_tokens(grid)
     map_paths = []
     dataset = loader.dataset

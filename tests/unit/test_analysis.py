@@ -116,3 +116,12 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     )  # fmt: skip
     assert rc == 2
     assert "no images" in capsys.readouterr().err
+    write_images(tmp_path / "imgs", 2)
+    rc = main(
+        ["analyze", "attention", "--adapter", "mae", "--size", "S", "--depth", "2",
+         "--data", str(tmp_path / "imgs"), "--img-size", "32", "--maps-layers", "3",
+         "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert rc == 2
+    assert "layer 3 is outside 1..2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work
