@@ -11,24 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from bench.backbone import INFRARED_MEAN, INFRARED_STD
+from bench.data.imageio import read_image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-READ_ERRORS = (
-    OSError,
-    UnidentifiedImageError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-)
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be decoded; the message names the file."""
 
 
 def is_image_name(path: Path) -> bool:
@@ -59,23 +49,11 @@ def spread_sample(paths: Sequence[Path], n: int | None) -> list[Path]:
 def read_grey_rgb(path: str | Path) -> Image.Image:
     """The image as one grey plane replicated to RGB (a PIL image, 8 bits per channel).
 
-    16-bit images keep their high byte, as OpenCV's loader (what mmseg reads with) does,
-    so analysis and distillation see what fine-tuning sees.
+    Decoding is the harness's (``bench.data.imageio``: 16-bit images keep their high byte,
+    as mmseg's loader does), so analysis and distillation see what fine-tuning sees.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now so a truncated file fails here, with its name
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = (np.clip(np.asarray(img), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
-                grey = Image.fromarray(arr, mode="L")
-            elif img.mode == "F":
-                grey = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L")
-            else:
-                grey = img.convert("L")
-    except READ_ERRORS as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
-    return grey.convert("RGB")
+    grey = read_image(path, "grey")[:, :, 0]
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def to_normalised_tensor(

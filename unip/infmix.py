@@ -19,11 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from bench.backbone import INFRARED_MEAN, INFRARED_STD
-from unip.images import READ_ERRORS, ImageListDataset, is_image_name
+from unip.images import ImageListDataset, is_image_name
 
+READ_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+)
 # The paper's ImageNet share: the first 200 images of each of the 1,000 classes.
 IMAGENET_PER_CLASS = 200
 
