@@ -42,29 +42,44 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int], patch: int) -> 
     return resize(logits, padded)[..., : size[0], : size[1]]
 
 
-class _GlooSyncBatchNorm(nn.SyncBatchNorm):
-    """SyncBatchNorm that also works on CPU tensors (torch's raises on non-GPU input).
+def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels of the whole batch, all ranks together.
 
-    Batch statistics are summed over ranks with a differentiable all-reduce, so a
-    multi-process CPU run normalises with the same statistics as one process seeing the
-    whole batch, and its gradients match too.
+    DDP averages gradients over ranks; dividing each rank's summed loss by the global
+    pixel count (times the world size) makes that average equal to one process seeing
+    the whole batch. Per-rank means would up-weight ranks whose crops are mostly padding.
+    """
+    total = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="sum")
+    count = (label != ignore_index).sum().to(total.dtype)
+    world = 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        count = count.detach().clone()
+        dist.all_reduce(count)
+    return total * world / count.clamp(min=1)
+
+
+class GlooSyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose batch statistics are summed over ranks: a synced BN for gloo/CPU.
+
+    torch's SyncBatchNorm refuses CPU tensors (and DDP refuses CPU modules holding it).
+    The statistics go through a differentiable all-reduce, so a multi-process CPU run
+    normalises, and back-propagates, as one process seeing the whole batch would.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not (self.training and dist.is_initialized()):
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         c = input.shape[1]
-        dims = [0, *range(2, input.ndim)]
-        count = torch.tensor(
-            [input.numel() // c], dtype=input.dtype, device=input.device
-        )
-        stats = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = stats[c : 2 * c] / n - mean * mean
+        dims = [0, 2, 3]
+        count = torch.full((1,), input.numel() // c, dtype=input.dtype, device=input.device)
+        sums = _AllReduceSum.apply(torch.cat([input.sum(dims), count]))
+        n = sums[-1]
+        mean = sums[:c] / n
+        centred = input - mean.view(1, c, 1, 1)
+        # Two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2, which
+        # loses precision in float32 when the mean dwarfs the spread.
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1.0 / float(
@@ -74,43 +89,53 @@ class _GlooSyncBatchNorm(nn.SyncBatchNorm):
                 unbiased = var * n / (n - 1).clamp(min=1)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
-        shape = [1, c] + [1] * (input.ndim - 2)
-        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        out = centred * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
         if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
+            out = out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
         return out
 
 
-def _swap_bn(module: nn.Module) -> nn.Module:
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum of every rank's incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def _to_gloo_sync(module: nn.Module) -> nn.Module:
     out = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
-        module, nn.SyncBatchNorm
-    ):
-        out = _GlooSyncBatchNorm(
+    if type(module) is nn.BatchNorm2d:
+        out = GlooSyncBatchNorm2d(
             module.num_features, module.eps, module.momentum, module.affine,
             module.track_running_stats,
         )
+        out.load_state_dict(module.state_dict())
         if module.affine:
-            with torch.no_grad():
-                out.weight.copy_(module.weight)
-                out.bias.copy_(module.bias)
             out.weight.requires_grad_(module.weight.requires_grad)
             out.bias.requires_grad_(module.bias.requires_grad)
-        if module.track_running_stats:
-            out.running_mean.copy_(module.running_mean)
-            out.running_var.copy_(module.running_var)
-            out.num_batches_tracked.copy_(module.num_batches_tracked)
         out.train(module.training)
     for name, child in module.named_children():
-        out.add_module(name, _swap_bn(child))
+        out.add_module(name, _to_gloo_sync(child))
     return out
 
 
 def convert_sync_norm(module: nn.Module) -> nn.Module:
     """BatchNorm -> synchronised BN, only when torch.distributed runs with world size > 1.
 
-    Single-process runs keep plain BatchNorm2d (mmseg's SyncBN crashes there).
+    Single-process runs keep plain BatchNorm2d (mmseg's SyncBN crashes there). GPU
+    process groups get torch's SyncBatchNorm; gloo (CPU) ones get GlooSyncBatchNorm2d.
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return module
-    return _swap_bn(module)
+    if dist.get_backend() == "gloo":
+        return _to_gloo_sync(module)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -11,13 +11,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.backbone import Backbone
 from bench.models import heads as _heads  # noqa: F401  (registers the built-in heads)
 from bench.models.heads import concat_resized
-from bench.models.layers import convert_sync_norm, pad_to_multiple, resize, upsample_logits
+from bench.models.layers import (
+    convert_sync_norm,
+    cross_entropy,
+    pad_to_multiple,
+    resize,
+    upsample_logits,
+)
 from bench.registry import HEADS
 
 
@@ -80,10 +85,8 @@ def probe_losses(
 ) -> dict[str, Any]:
     """Per-head cross-entropy at the label's resolution, and their sum as ``loss``."""
     per_head = [
-        F.cross_entropy(
-            resize(upsample_logits(lg, size, patch), label.shape[-2:]).float(),
-            label,
-            ignore_index=ignore_index,
+        cross_entropy(
+            resize(upsample_logits(lg, size, patch), label.shape[-2:]), label, ignore_index
         )
         for lg in logits
     ]

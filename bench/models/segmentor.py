@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.backbone import Backbone
 from bench.models import heads as _heads  # noqa: F401  (registers the built-in heads)
 from bench.models import necks as _necks  # noqa: F401  (registers the built-in necks)
-from bench.models.layers import convert_sync_norm, pad_to_multiple, resize, upsample_logits
+from bench.models.layers import (
+    convert_sync_norm,
+    cross_entropy,
+    pad_to_multiple,
+    resize,
+    upsample_logits,
+)
 from bench.registry import HEADS, NECKS
 
 
@@ -68,7 +74,21 @@ class Segmentor(nn.Module):
         self, logits: torch.Tensor, label: torch.Tensor, size: tuple[int, int]
     ) -> torch.Tensor:
         logits = resize(upsample_logits(logits, size, self.backbone.patch_size), label.shape[-2:])
-        return F.cross_entropy(logits.float(), label, ignore_index=self.ignore_index)
+        return cross_entropy(logits, label, self.ignore_index)
+
+
+def freeze_unused_backbone(backbone: Backbone, layers: list[int]) -> list[str]:
+    """Stop training what cannot affect the output: the final norm (neck features are
+    read without it) and blocks after the deepest one read. DDP insists every trainable
+    parameter gets a gradient, and AdamW's weight decay would still move them."""
+    deepest = max(i % backbone.depth for i in layers)
+    frozen = []
+    for name, p in backbone.named_parameters():
+        m = re.match(r"vit\.blocks\.(\d+)\.", name)
+        if name.startswith("vit.norm.") or (m and int(m.group(1)) > deepest):
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 def build_segmentor(
@@ -86,6 +106,7 @@ def build_segmentor(
     """Assemble from registry names and explicit kwargs; BN is synchronised only when
     torch.distributed runs several processes."""
     neck_mod = NECKS.get(neck)(backbone, **(neck_kwargs or {}))
+    freeze_unused_backbone(backbone, neck_mod.layers)
     in_ch = list(neck_mod.out_channels)
     head_mod = HEADS.get(head)(in_ch, num_classes, **(head_kwargs or {}))
     aux_mod = None
