@@ -15,6 +15,7 @@ from torch import nn
 
 from adapters.common import flat_timm
 from bench.adapter import Adapter, AdapterError, CheckpointFormat
+from bench.backbone import INFRARED_MEAN, INFRARED_STD
 
 UNIP_META_KEY = "unip"
 
@@ -67,12 +68,21 @@ class UnipAdapter(Adapter):
         return vit
 
 
+def _geometry_from_metadata(state: dict, context: dict) -> dict:
+    """The trainer records the student's depth; build that many blocks (shallow students)."""
+    meta = (context.get("raw") or {}).get(UNIP_META_KEY)
+    if isinstance(meta, dict) and meta.get("depth") is not None:
+        context.setdefault("vit_kwargs", {})["depth"] = int(meta["depth"])
+    return state
+
+
 TRAINER = CheckpointFormat(
     name="unip",
     description="UNIP pre-training output {'model': prefix-free student, 'unip': "
     "{'last_heads', ...}}",
     key_path=("model",),
     strip_prefixes=("module.", "student."),
+    convert=_geometry_from_metadata,
 )
 
 ADAPTER = UnipAdapter(
@@ -80,4 +90,7 @@ ADAPTER = UnipAdapter(
     description="UNIP: NMI-HAD distilled student (last block with the teacher's heads)",
     formats=(TRAINER, flat_timm("flat student state dict (needs last_heads=)")),
     published_sizes=("tiny", "small", "base"),
+    # Students are distilled on infrared-normalised images (InfMix), not ImageNet ones.
+    mean=INFRARED_MEAN,
+    std=INFRARED_STD,
 )

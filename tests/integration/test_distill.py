@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from bench.adapter import load_backbone
+from bench.backbone import INFRARED_MEAN
 from bench.cli import main
 from unip.distill import StepInfo, attention_kl, distill
 from unip.distill_config import load_config
@@ -106,8 +107,10 @@ def test_loss_falls_and_saved_student_matches_teacher_layer(workspace: Path) -> 
     saved = torch.load(result.student_path, weights_only=True)
     assert saved["unip"]["last_heads"] == 6 and saved["unip"]["teacher_layer"] == 2
     assert saved["unip"]["teacher"]["adapter"] == "mae"
-    student = load_backbone("unip", "T", checkpoint=result.student_path, img_size=IMG, depth=2)
+    # The depth and head count come from the file's metadata: nothing but the size is given.
+    student = load_backbone("unip", "T", checkpoint=result.student_path, img_size=IMG)
     assert student.num_heads == [3, 6]  # ViT-T, last block with the ViT-S teacher's heads
+    assert student.mean == pytest.approx(INFRARED_MEAN)
 
     teacher = load_backbone("mae", "S", checkpoint=workspace / "teacher.pth", img_size=IMG,
                             depth=2).eval()  # fmt: skip
