@@ -1,0 +1,148 @@
+"""Tiny end-to-end runs of the three protocols on synthetic SODA-like data (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from accelerate.utils import set_seed
+from protocol_job import MODEL, TINY, TINY_FT, dataset, make_soda, one_thread
+
+from bench.adapter import load_backbone
+from bench.data import build_dataset, get_dataset_info
+from bench.data.transforms import test_transform
+from bench.metrics import IoUAccumulator
+from bench.protocols import run_protocol
+from bench.protocols.config import resolve_settings
+from bench.protocols.engine import TrainingDiverged
+from bench.protocols.finetune import build_model
+from bench.protocols.inference import evaluate
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="module")
+def soda(tmp_path_factory):
+    return make_soda(tmp_path_factory.mktemp("soda") / "data")
+
+
+@pytest.fixture(scope="module")
+def finetuned(soda, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("ft")
+    result = run_protocol(
+        "fine_tune", MODEL, dataset(soda), {**TINY_FT, "iters": 30, "eval_interval": 15},
+        wd, progress=False,
+    )
+    return wd, result
+
+
+def untrained_miou(soda, overrides: dict) -> float:
+    """The same segmentor, same seed, not trained, through the same sliding inference."""
+    s = resolve_settings("fine_tune", "soda", "mae", "tiny", {**overrides, "iters": 30})
+    info = get_dataset_info("soda")
+    set_seed(0)
+    bb = load_backbone("mae", "tiny", img_size=s.crop_size, depth=4, drop_path_rate=0.1)
+    model = build_model(bb, info.num_classes, s).eval()
+    ds = build_dataset("soda", soda, "test", transform=test_transform(info, tuple(s.scale)))
+    acc = IoUAccumulator(info.num_classes)
+    batches = ({"img": d["img"][None], "label": d["label"][None]} for d in ds)
+    evaluate(model, batches, [acc], info.num_classes, torch.device("cpu"), "slide",
+             s.slide_crop, s.slide_stride)
+    return acc.compute()["mIoU"]
+
+
+@pytest.mark.slow
+def test_finetune_learns_and_records_everything(finetuned, soda):
+    wd, r = finetuned
+    before = untrained_miou(soda, TINY_FT)
+    m = r["metrics"]
+    assert m["mIoU"] > before + 3.0, (before, m["mIoU"])
+    assert m["mIoU"] > 3 * before
+    assert r["protocol"] == "fine_tune" and r["protocol_version"]
+    assert r["iterations"] == 30 and r["resumed_from"] == 0
+    assert len(m["per_class_iou"]) == 21
+    assert [h["iteration"] for h in r["history"]] == [15, 30]
+    assert r["best"]["mIoU"] == max(h["mIoU"][0] for h in r["history"])
+    assert r["last"] == r["metrics"]
+    assert r["settings"]["neck"] == "multilevel" and r["settings"]["layer_decay"] == 0.65
+    assert r["backbone"]["adapter"] == "mae" and r["backbone"]["depth"] == 4
+    assert r["device"]["type"] == "cpu"
+    assert json.loads((wd / "result.json").read_text())["metrics"]["mIoU"] == m["mIoU"]
+
+
+def test_finished_workdir_returns_stored_result(finetuned, soda, monkeypatch):
+    wd, r = finetuned
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished workdir must not train again")
+
+    monkeypatch.setattr("bench.protocols.engine.Trainer.run", no_training)
+    again = run_protocol("fine_tune", MODEL, dataset(soda), {**TINY_FT, "iters": 30}, wd)
+    assert again == r
+
+
+def test_finetune_llfpn_is_unips_default(soda, tmp_path):
+    unip = {**MODEL, "adapter": "unip"}
+    r = run_protocol("fine_tune", unip, dataset(soda), {**TINY_FT, "iters": 4}, tmp_path,
+                     progress=False)
+    assert r["settings"]["neck"] == "llfpn"
+    assert r["settings"]["layer_decay"] == 0.85
+    assert 0 <= r["metrics"]["mIoU"] <= 100
+
+
+def test_linear_probe_on_the_fly(soda, tmp_path):
+    r = run_protocol("linear_probe", MODEL, dataset(soda), {**TINY, "iters": 6}, tmp_path,
+                     progress=False)
+    assert r["mode"] == "on_the_fly"
+    assert "lr_sweep" not in r
+    assert len(r["metrics"]["per_class_iou"]) == 21
+
+
+def test_linear_probe_cached_sweep_records_each_lr(soda, tmp_path):
+    lrs = [1e-4, 1e-2]
+    r = run_protocol(
+        "linear_probe", MODEL, dataset(soda),
+        {**TINY, "iters": 8, "mode": "cached", "sweep_lrs": lrs}, tmp_path, progress=False,
+    )
+    assert r["mode"] == "cached"
+    assert [row["lr"] for row in r["lr_sweep"]] == lrs
+    assert r["cached_images"] == 16
+    best = max(r["lr_sweep"], key=lambda row: row["last"]["mIoU"])
+    assert r["best_lr"] == best["lr"] and r["metrics"] == best["last"]
+    # Two learning rates two orders apart cannot give the same head.
+    assert r["lr_sweep"][0]["last"] != r["lr_sweep"][1]["last"]
+
+
+def test_layerwise_probe_reports_every_block(soda, tmp_path):
+    r = run_protocol("layerwise", MODEL, dataset(soda), {**TINY, "iters": 6, "layers": "all"},
+                     tmp_path, progress=False)
+    assert sorted(r["per_layer"]) == ["0", "1", "2", "3"]
+    assert r["metrics"] == r["per_layer"][str(r["best_layer"])]
+    mious = {m["mIoU"] for m in r["per_layer"].values()}
+    assert len(mious) > 1  # independent heads on different blocks
+
+
+def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(soda, tmp_path):
+    # An absurd lr blows the weights up after the first step; the loss of step 2 is not
+    # finite. Step 1 was checkpointed and must survive.
+    settings = {**TINY_FT, "iters": 6, "warmup_iters": 0, "lr": 1e30, "checkpoint_interval": 1}
+    with pytest.raises(TrainingDiverged, match=r"at iteration (\d+) of 6.*iteration (\d+)"):
+        run_protocol("fine_tune", MODEL, dataset(soda), settings, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] >= 1
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_bad_dataset_folder_fails_fast(tmp_path):
+    from bench.data import DatasetError
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        run_protocol("fine_tune", MODEL, dataset(tmp_path / "missing"), {**TINY, "iters": 2},
+                     tmp_path / "wd")
+    assert not (tmp_path / "wd").exists()
+
+
+def test_unknown_setting_suggests_the_right_one(soda, tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'layer_decay'"):
+        run_protocol("fine_tune", MODEL, dataset(soda), {"layer_dcay": 0.5}, tmp_path)
