@@ -1,0 +1,134 @@
+"""``unipbench validate | run | ls``: check a suite, run it, list its runs and their state."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.suite import Suite, SuiteError, load_suite
+
+
+def _load(path: str | None) -> Suite:
+    from bench.runner import default_suite_path
+
+    return load_suite(Path(path) if path else default_suite_path())
+
+
+def validate(args: argparse.Namespace) -> int:
+    from bench.suite_checks import check_files
+
+    try:
+        suite = _load(args.suite)
+    except SuiteError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    from bench.runner import Paths, select_runs
+
+    runs = select_runs(suite, Paths.resolve(suite, None, None))
+    print(f"{suite.path}: schema, names and settings OK ({len(runs)} runs)")
+    problems = check_files(
+        suite,
+        load_checkpoints=not args.quick,
+        full_data_check=not args.quick,
+        log=lambda msg: print(f"  {msg}"),
+    )
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("checkpoints and dataset folders OK")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.executors import make_executor
+    from bench.runner import Paths, run_suite
+    from bench.tables import build_leaderboard, load_reference, render, select_records
+
+    suite = _load(args.suite)
+    paths = Paths.resolve(suite, args.store, args.workdir)
+    progress = not args.no_progress
+    executor = make_executor(
+        args.executor, suite.spec.executor, workers=args.workers, wait=args.wait,
+        job_name=f"unipbench-{suite.name}", progress=progress and sys.stderr.isatty(),
+    )
+    outcome = run_suite(suite, paths, executor, only=args.only, progress=progress)
+    if outcome.submitted and not getattr(executor, "wait", True):
+        print(f"{len(outcome.submitted)} job(s) submitted; follow them with "
+              f"`unipbench ls {suite.path}` and `unipbench table --suite {suite.path}`")
+    from bench.store import read_records
+
+    ids = {r.run_id for r in outcome.runs}
+    records = select_records(read_records(paths.store), run_ids=ids)
+    if records:
+        lb = build_leaderboard(records, load_reference(), title=f"{suite.name} leaderboard")
+        print()
+        print(render(lb, "md"))
+    if outcome.failed:
+        print(f"{len(outcome.failed)} run(s) failed: {', '.join(outcome.failed)} "
+              f"(errors in the store; tracebacks in {paths.workdir}/<run id>/traceback.txt)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def ls(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from bench.runner import Paths, run_states, select_runs
+
+    suite = _load(args.suite)
+    paths = Paths.resolve(suite, args.store, args.workdir)
+    runs = select_runs(suite, paths, args.only)
+    states = run_states(runs, paths)
+    rows = []
+    for r in runs:
+        state, rec = states[r.run_id]
+        detail = ""
+        if rec is not None and rec.status == "done" and rec.metrics:
+            detail = f"mIoU {rec.metrics.get('mIoU', float('nan')):.2f}"
+        elif rec is not None and rec.error:
+            detail = rec.error[:80]
+        rows.append([state, r.run_id, r.label, detail])
+    print(tabulate(rows, ["state", "run id", "run", ""], tablefmt="plain"))
+    counts = {s: sum(1 for v in states.values() if v[0] == s) for s in ("done", "failed",
+                                                                          "partial", "pending")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (store {paths.store})")
+    return 0
+
+
+def _paths_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="results store (default: the suite's, else "
+                   "results/store/results.jsonl)")
+    p.add_argument("--workdir", help="per-run folders (default: the suite's, else results/runs)")
+    p.add_argument("--only", metavar="PATTERN",
+                   help="runs to include: glob over 'model-S/dataset/protocol/sN', a model, "
+                   "dataset or protocol name, or a run-id prefix; comma-separated")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a suite without training")
+    p.add_argument("suite", nargs="?", help="suite YAML (default suites/demo.yaml)")
+    p.add_argument("--quick", action="store_true",
+                   help="do not load checkpoints; sample dataset files instead of reading all")
+    p.set_defaults(func=validate)
+
+    p = sub.add_parser("run", help="run a suite (skips finished runs, resumes the rest)")
+    p.add_argument("suite", nargs="?", help="suite YAML (default suites/demo.yaml)")
+    p.add_argument("--executor", choices=["inline", "local", "slurm"],
+                   help="where runs execute (default: the suite's executor.kind, else inline)")
+    p.add_argument("--workers", type=int, help="local executor: runs at a time")
+    p.add_argument("--wait", action="store_true",
+                   help="slurm: follow the jobs until they finish instead of returning")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _paths_args(p)
+    p.set_defaults(func=run)
+
+    p = sub.add_parser("ls", help="list a suite's runs: done, failed, partial or pending")
+    p.add_argument("suite", nargs="?", help="suite YAML (default suites/demo.yaml)")
+    _paths_args(p)
+    p.set_defaults(func=ls)

@@ -1,0 +1,314 @@
+"""Running a suite: expand, skip what the store has, resume the rest, record every outcome.
+
+``execute_run`` is what a worker (this process, a local process, a SLURM task) does for
+one run: the protocol (which resumes from the run's folder), FLOPs, one store record. A
+failing run is recorded as failed with its error and the others go on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from bench.matrix import HashCache, Run, expand
+from bench.store import DEFAULT_STORE, RunRecord, append_record, latest_by_run, read_records
+from bench.suite import Suite
+
+DEFAULT_WORKDIR = Path("results/runs")
+DEFAULT_SUITE = Path("suites/demo.yaml")
+STATES = ("done", "failed", "partial", "pending")
+
+
+def default_suite_path() -> Path:
+    """suites/demo.yaml of this checkout (or of the working directory)."""
+    from bench.provenance import REPO_ROOT
+
+    for candidate in (REPO_ROOT / DEFAULT_SUITE, Path.cwd() / DEFAULT_SUITE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no SUITE given and the default {DEFAULT_SUITE} was found neither in {REPO_ROOT} "
+        "nor in the working directory (a non-editable install does not ship it); "
+        "pass a suite file, e.g. `unipbench run path/to/demo.yaml`"
+    )
+
+
+@dataclass
+class Paths:
+    """Where results go: the store file and the folder of per-run working directories."""
+
+    store: Path
+    workdir: Path
+
+    @classmethod
+    def resolve(cls, suite: Suite, store: str | Path | None, workdir: str | Path | None) -> Paths:
+        """Command-line flag, else the suite's key, else the default."""
+        st = store or suite.spec.store or DEFAULT_STORE
+        wd = workdir or suite.spec.workdir or DEFAULT_WORKDIR
+        return cls(Path(st).expanduser().resolve(), Path(wd).expanduser().resolve())
+
+    def run_dir(self, run: Run) -> Path:
+        return self.workdir / run.run_id
+
+    def hash_cache(self) -> HashCache:
+        return HashCache(self.workdir / ".sha256-cache.json")
+
+
+# ---------------------------------------------------------------------------- states
+def run_states(runs: list[Run], paths: Paths) -> dict[str, tuple[str, RunRecord | None]]:
+    """run id -> (state, record that decided it). Partial: a run folder but no record."""
+    latest = latest_by_run(read_records(paths.store))
+    out: dict[str, tuple[str, RunRecord | None]] = {}
+    for run in runs:
+        rec = latest.get(run.run_id)
+        if rec is not None:
+            out[run.run_id] = (rec.status, rec)
+        elif _has_files(paths.run_dir(run)):
+            out[run.run_id] = ("partial", None)
+        else:
+            out[run.run_id] = ("pending", None)
+    return out
+
+
+def _has_files(d: Path) -> bool:
+    return d.is_dir() and any(d.iterdir())
+
+
+# ---------------------------------------------------------------------------- datasets
+def prepare_datasets(runs: list[Run], log: Callable[[str], None] = print) -> None:
+    """Generate the synthetic datasets the runs need and do not have yet (once, locked)."""
+    done: set[str] = set()
+    for run in runs:
+        if run.synthetic is None or run.dataset_root in done:
+            continue
+        done.add(run.dataset_root)
+        root = Path(run.dataset_root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root) + ".lock"):
+            if _has_files(root):
+                continue
+            from bench.data.synth import synthesize
+
+            syn = run.synthetic
+            t0 = time.perf_counter()
+            res = synthesize(run.dataset, root, train=syn["train"], test=syn["test"],
+                             size=syn["size"], seed=syn["seed"], layout=run.layout)
+            counts = ", ".join(f"{k} {v}" for k, v in res.counts.items())
+            log(f"generated a synthetic {run.dataset} at {root} ({counts}; "
+                f"{time.perf_counter() - t0:.1f} s)")
+
+
+# ---------------------------------------------------------------------------- one run
+def _flops(run: Run, settings: Any, num_classes: int) -> dict:
+    report = _cached_flops(
+        run.protocol, settings.model_dump_json(), run.adapter, run.size, num_classes,
+        tuple(sorted(run.options.items())),
+    )
+    return report.to_dict()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_flops(protocol: str, settings_json: str, adapter: str, size: str,
+                  num_classes: int, options: tuple) -> Any:
+    from bench.flops import protocol_flops
+    from bench.protocols.config import SETTINGS_CLASSES
+
+    settings = SETTINGS_CLASSES[protocol].model_validate_json(settings_json)
+    return protocol_flops(protocol, settings, adapter, size, num_classes, dict(options))
+
+
+def _fingerprints(run: Run, result: dict) -> dict[str, str]:
+    from bench.data import dataset_fingerprint
+
+    ds = result.get("dataset", {})
+    splits = [s for s in (ds.get("train_split"), ds.get("eval_split")) if s]
+    return {s: dataset_fingerprint(run.dataset, run.dataset_root, s, run.layout)
+            for s in dict.fromkeys(splits)}
+
+
+def _base_record(run: Run) -> dict[str, Any]:
+    from bench.provenance import git_info, host_name, package_versions
+
+    return {
+        "run_id": run.run_id,
+        "suite": run.suite,
+        "protocol": run.protocol,
+        "protocol_version": run.protocol_version,
+        "config": run.config(),
+        "model_name": run.model_name,
+        "adapter": run.adapter,
+        "size": run.size,
+        "checkpoint": run.checkpoint,
+        "checkpoint_sha256": run.checkpoint_sha256,
+        "random_init": run.checkpoint is None,
+        "dataset": run.dataset,
+        "dataset_root": run.dataset_root,
+        "seed": run.seed,
+        "git": git_info(),
+        "versions": package_versions(),
+        "host": host_name(),
+    }
+
+
+def execute_run(
+    run: Run,
+    store: str | Path,
+    workdir: str | Path,
+    progress: bool = False,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run one protocol, count its FLOPs and append its record (done or failed).
+
+    Returns a short outcome (run id, status, mIoU, error, seconds) for progress lines.
+    Under ``accelerate launch`` every process trains; only rank 0 writes the record.
+    """
+    import torch
+
+    from bench.data import get_dataset_info
+    from bench.protocols import run_protocol
+    from bench.protocols.config import settings_from_dict
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(workdir) / run.run_id
+    rec = _base_record(run)
+    t0 = time.perf_counter()
+    try:
+        settings = settings_from_dict(run.protocol, run.settings)
+        result = run_protocol(
+            run.protocol,
+            model={"adapter": run.adapter, "size": run.size, "checkpoint": run.checkpoint,
+                   "sha256": run.checkpoint_sha256, "options": run.options},
+            dataset={"name": run.dataset, "root": run.dataset_root, "layout": run.layout},
+            settings=settings,
+            workdir=run_dir,
+            seed=run.seed,
+            progress=progress,
+        )
+        num_classes = get_dataset_info(run.dataset).num_classes
+        flops = _flops(run, settings, num_classes)
+        backbone = result.get("backbone", {})
+        rec.update(
+            status="done",
+            checkpoint_sha256=backbone.get("checkpoint_sha256") or run.checkpoint_sha256,
+            random_init=bool(backbone.get("random_init", run.checkpoint is None)),
+            dataset_fingerprint=_fingerprints(run, result),
+            metrics=result.get("metrics"),
+            best=result.get("best"),
+            last=result.get("last"),
+            per_layer=result.get("per_layer"),
+            mode=result.get("mode"),
+            inference=result.get("inference"),
+            iterations=result.get("iterations"),
+            flops=flops,
+            params_m=flops["params_m"] if flops else None,
+            wall_time_s=result.get("wall_time_s"),
+            device=result.get("device"),
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded, and the suite goes on with the next run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        rec.update(status="failed", error=f"{type(exc).__name__}: {first}",
+                   wall_time_s=round(time.perf_counter() - t0, 3))
+    if int(os.environ.get("RANK", "0")) == 0:
+        append_record(store, rec)
+    miou = (rec.get("metrics") or {}).get("mIoU")
+    return {"run_id": run.run_id, "status": rec["status"], "mIoU": miou,
+            "error": rec.get("error"), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def failed_outcome(run: Run, store: str | Path, error: str) -> dict[str, Any]:
+    """Record a run whose worker died before it could record anything itself."""
+    rec = _base_record(run)
+    rec.update(status="failed", error=error)
+    append_record(store, rec)
+    return {"run_id": run.run_id, "status": "failed", "mIoU": None, "error": error,
+            "seconds": None}
+
+
+# ---------------------------------------------------------------------------- a suite
+@dataclass
+class SuiteOutcome:
+    runs: list[Run]
+    skipped: list[Run] = field(default_factory=list)
+    outcomes: dict[str, dict] = field(default_factory=dict)
+    submitted: list[str] = field(default_factory=list)  # job ids of a cluster executor
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, o in self.outcomes.items() if o["status"] == "failed"]
+
+
+def outcome_line(run: Run, outcome: dict, index: int, total: int) -> str:
+    head = f"[{index}/{total}] {outcome['status']:<6} {run.label}  ({run.run_id})"
+    if outcome["status"] == "done":
+        miou = outcome.get("mIoU")
+        secs = outcome.get("seconds")
+        return head + (f"  mIoU {miou:.2f}" if miou is not None else "") + (
+            f"  {secs:.0f} s" if secs is not None else ""
+        )
+    return head + f"  {outcome.get('error')}"
+
+
+def select_runs(suite: Suite, paths: Paths, only: str | None = None) -> list[Run]:
+    runs = expand(suite, paths.hash_cache())
+    if only:
+        runs = [r for r in runs if r.matches(only)]
+        if not runs:
+            raise ValueError(f"--only {only!r} matches none of the suite's runs")
+    return runs
+
+
+def run_suite(
+    suite: Suite,
+    paths: Paths,
+    executor: Any,
+    *,
+    only: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SuiteOutcome:
+    """Run what is not done yet with ``executor`` (see :mod:`bench.executors`)."""
+    from tqdm import tqdm
+
+    runs = select_runs(suite, paths, only)
+    states = run_states(runs, paths)
+    todo = [r for r in runs if states[r.run_id][0] != "done"]
+    result = SuiteOutcome(runs, skipped=[r for r in runs if states[r.run_id][0] == "done"])
+    log(f"suite {suite.name}: {len(runs)} runs, {len(result.skipped)} done already, "
+        f"{len(todo)} to run ({executor.name} executor); store {paths.store}")
+    if not todo:
+        return result
+    for r in todo:
+        if states[r.run_id][0] in ("partial", "failed"):
+            log(f"  resuming {r.label} ({r.run_id}, {states[r.run_id][0]})")
+    prepare_datasets(todo, log)
+    # The bar only on a terminal; logs and captured output get the per-run lines alone.
+    show_bar = progress and sys.stderr.isatty()
+    bar = tqdm(total=len(todo), desc=suite.name, unit="run", disable=not show_bar,
+               dynamic_ncols=True)
+    by_id = {r.run_id: r for r in todo}
+
+    def on_result(run_id: str, outcome: dict) -> None:
+        result.outcomes[run_id] = outcome
+        line = outcome_line(by_id[run_id], outcome, len(result.outcomes), len(todo))
+        (bar.write if show_bar else log)(line)
+        bar.update(1)
+
+    try:
+        result.submitted = executor.run(todo, paths, on_result) or []
+    finally:
+        bar.close()
+    return result

@@ -1,0 +1,28 @@
+"""The local executor: runs in parallel worker processes (submitit), each recording itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_suite import tiny_suite
+
+from bench.executors import LocalExecutor
+from bench.runner import run_suite
+from bench.store import read_records
+
+pytestmark = pytest.mark.slow
+
+
+def test_local_workers_run_and_record(tmp_path: Path) -> None:
+    suite, paths = tiny_suite(tmp_path)
+    lines: list[str] = []
+    out = run_suite(suite, paths, LocalExecutor(workers=2, timeout_min=10), progress=False,
+                    log=lines.append)
+    assert len(out.submitted) == 4  # one worker process per run
+    assert sorted(o["status"] for o in out.outcomes.values()) == [
+        "done", "done", "failed", "failed"]
+    records = read_records(paths.store)
+    assert sorted(r.status for r in records) == ["done", "done", "failed", "failed"]
+    assert all(r.flops is not None for r in records if r.status == "done")
+    assert (paths.workdir / "_submitit").is_dir()
