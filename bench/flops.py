@@ -204,3 +204,57 @@ def decode_path(backbone: nn.Module, neck: str, head: str, num_classes: int) -> 
     return build_segmentor(
         backbone, num_classes, neck=neck, head=head, head_kwargs=head_kwargs, aux_head=None
     )
+
+
+def _evaluated_model(protocol: str, settings: Any, backbone: nn.Module, num_classes: int):
+    """The module whose forward a run evaluates, minus training-only parts (aux head)."""
+    from bench.models.probe import build_probe
+
+    if protocol == "fine_tune":
+        from bench.protocols.finetune import build_model
+
+        return build_model(backbone, num_classes, settings.model_copy(update={"aux_head": None}))
+    if protocol == "linear_probe":  # one head on the concatenated blocks
+        layers = list(settings.layers)
+        inputs = [list(range(len(layers)))]
+    else:  # layer-wise: one head per block
+        from bench.protocols.layerwise import probed_layers
+
+        layers = probed_layers(settings, backbone.depth)
+        inputs = [[k] for k in range(len(layers))]
+    return build_probe(backbone, layers, inputs, num_classes, head=settings.head)
+
+
+def protocol_flops(
+    protocol: str,
+    settings: Any,
+    adapter: str,
+    size: str,
+    num_classes: int,
+    options: dict | None = None,
+) -> FlopsReport:
+    """Cost of the model a protocol run evaluates, at the settings' crop size.
+
+    Fine-tuning: backbone + neck + decode head (no auxiliary head). Probes: backbone +
+    their 1x1 heads. The backbone is randomly initialised: weights do not change a count.
+    """
+    from bench.adapter import load_backbone
+
+    hw = [settings.crop_size, settings.crop_size]
+    backbone = load_backbone(adapter, size, None, img_size=hw, **(options or {}))
+    bb, bb_params = backbone_flops(backbone, hw)
+    model = _evaluated_model(protocol, settings, backbone, num_classes)
+    total = count_macs(model, (torch.zeros(1, 3, *hw),))
+    return FlopsReport(
+        backbone_gmacs=_g(bb.total),
+        total_gmacs=_g(total.total),
+        backbone_gmacs_no_attn=_g(bb.without_attention),
+        total_gmacs_no_attn=_g(total.without_attention),
+        params_m=_m(count_params(model)),
+        backbone_params_m=_m(bb_params),
+        input_size=hw,
+        counter=counter_name(),
+        neck=getattr(settings, "neck", None),
+        head=getattr(settings, "head", None),
+        num_classes=num_classes,
+    )

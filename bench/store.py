@@ -72,7 +72,7 @@ class RunRecord(BaseModel):
     random_init: bool
     dataset: str
     dataset_root: str | None = None
-    dataset_fingerprint: str | None = None
+    dataset_fingerprint: dict[str, str] | None = None  # split -> sha256 of its file list
     seed: int
     # results
     metrics: dict[str, Any] | None = None
@@ -80,6 +80,7 @@ class RunRecord(BaseModel):
     last: dict[str, Any] | None = None
     per_layer: Any = None
     mode: str | None = None
+    inference: dict[str, Any] | None = None
     iterations: int | None = None
     flops: FlopsInfo | None = None
     params_m: float | None = None
@@ -87,7 +88,7 @@ class RunRecord(BaseModel):
     # provenance
     git: GitInfo = Field(default_factory=GitInfo)
     versions: dict[str, str | None] = Field(default_factory=dict)
-    device: str | None = None
+    device: dict[str, Any] | str | None = None  # what the protocol ran on
     host: str | None = None
     timestamp: str = Field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
