@@ -1,0 +1,90 @@
+"""Protocol settings: paper defaults, per-dataset/size/adapter tables, strict overrides."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from bench.protocols.config import (
+    SETTINGS_CLASSES,
+    FineTuneSettings,
+    LayerwiseProbeSettings,
+    LinearProbeSettings,
+    resolve_settings,
+)
+
+
+def test_paper_defaults():
+    s = resolve_settings("fine_tune", "soda", "mae", "base", {})
+    assert (s.crop_size, s.scale, s.ratio_range, s.cat_max_ratio) == (
+        512, (2048, 512), (0.5, 2.0), 0.75
+    )
+    assert (s.inference, s.slide_crop, s.slide_stride) == ("slide", 512, 341)
+    assert (s.lr, s.betas, s.weight_decay, s.layer_decay) == (1e-4, (0.9, 0.999), 0.05, 0.65)
+    assert (s.warmup_iters, s.iters, s.batch_size, s.poly_power) == (1500, 14400, 8, 1.0)
+    assert (s.drop_path, s.layers, s.neck, s.head) == (0.1, [3, 5, 7, 11], "multilevel",
+                                                        "uperhead")
+    assert (s.head_channels, s.pool_scales, s.head_dropout) == (None, (1, 2, 3, 6), 0.1)
+    assert (s.aux_head, s.aux_channels, s.aux_num_convs, s.aux_loss_weight) == (
+        "fcn", 256, 1, 0.4
+    )
+    assert s.mixed_precision == "auto"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "warmup", "iters"),
+    [("soda", 1500, 14400), ("mfnet_thermal", 1000, 9800), ("MFNet", 1000, 9800),
+     ("scut_seg", 1700, 16800), ("SCUT-Seg", 1700, 16800)],
+)
+def test_schedule_per_dataset(dataset, warmup, iters):
+    for proto in SETTINGS_CLASSES:
+        s = resolve_settings(proto, dataset, "mae", "small", {})
+        assert (s.warmup_iters, s.iters) == (warmup, iters)
+
+
+def test_large_reads_deeper_blocks_with_more_drop_path():
+    s = resolve_settings("finetune", "soda", "mae", "L", {})
+    assert s.layers == [7, 11, 15, 23] and s.drop_path == 0.2
+    lp = resolve_settings("linear-probe", "soda", "mae", "large", {})
+    assert lp.layers == [7, 11, 15, 23]
+
+
+def test_unip_defaults_and_overrides_win():
+    s = resolve_settings("fine_tune", "soda", "unip", "S", {})
+    assert (s.layer_decay, s.neck) == (0.85, "llfpn")
+    s = resolve_settings("fine_tune", "soda", "unip", "S", {"layer_decay": 0.7, "iters": 2000})
+    assert (s.layer_decay, s.iters, s.warmup_iters) == (0.7, 2000, 1500)
+
+
+def test_probe_settings():
+    lp = resolve_settings("linear_probe", "soda", "mae", "S", {"mode": "cached"})
+    assert isinstance(lp, LinearProbeSettings)
+    assert lp.mode == "cached" and lp.head == "linear" and len(lp.sweep_lrs) == 4
+    lw = resolve_settings("layerwise", "nyuv2_depth", "mae", "S",
+                          {"iters": 100, "warmup_iters": 10})
+    assert isinstance(lw, LayerwiseProbeSettings)
+    assert lw.layers == "all" and lw.crop_size == 480 and lw.slide_crop == 480
+    assert not hasattr(lw, "layer_decay")
+
+
+def test_unknown_keys_and_bad_values_are_errors():
+    with pytest.raises(ValueError, match="Did you mean 'warmup_iters'"):
+        resolve_settings("fine_tune", "soda", "mae", "S", {"warmup_iter": 10})
+    with pytest.raises(ValueError, match="unknown protocol"):
+        resolve_settings("finetuning-ish", "soda", "mae", "S", {})
+    with pytest.raises(ValidationError):
+        FineTuneSettings(foo=1)
+    with pytest.raises(ValidationError, match="mixed_precision"):
+        resolve_settings("fine_tune", "soda", "mae", "S", {"mixed_precision": "fp8"})
+    with pytest.raises(ValidationError, match="slide_stride"):
+        resolve_settings("fine_tune", "soda", "mae", "S", {"slide_stride": 600})
+    with pytest.raises(ValidationError, match="grad_accum_steps"):
+        resolve_settings("fine_tune", "soda", "mae", "S", {"grad_accum_steps": 3})
+    with pytest.raises(ValueError, match="no paper schedule"):
+        resolve_settings("layerwise", "ade20k", "mae", "S", {})
+
+
+def test_every_field_is_documented():
+    for cls in SETTINGS_CLASSES.values():
+        for name, field in cls.model_fields.items():
+            assert field.description, f"{cls.__name__}.{name}"
