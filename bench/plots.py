@@ -23,6 +23,18 @@ def _pyplot():
     return plt
 
 
+def _finish(fig, ax, path: Path) -> Path:
+    """Grid, legend, layout; write ``path`` and free the figure."""
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    fig.clf()
+    _pyplot().close(fig)
+    return path
+
+
 def _average_points(records: Sequence[RunRecord], protocol: str) -> dict[str, list[tuple]]:
     """method -> [(gflops, avg mIoU, size)] over sizes, for rows with every dataset."""
     recs = [r for r in records if r.protocol == protocol and r.metrics and r.flops]
@@ -47,8 +59,6 @@ def _average_points(records: Sequence[RunRecord], protocol: str) -> dict[str, li
 def plot_miou_vs_flops(records: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
     """One PNG per protocol (FT, LP): a series per method, its sizes as points, log x."""
     plt = _pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for protocol in ("fine_tune", "linear_probe"):
         series = _average_points(records, protocol)
@@ -68,21 +78,14 @@ def plot_miou_vs_flops(records: Sequence[RunRecord], out_dir: str | Path) -> lis
         ax.set_xlabel("GFLOPs (multiply-adds, backbone + decode head)")
         ax.set_ylabel(f"mIoU (%), average over {n_data} dataset(s)")
         ax.set_title(f"{TITLES[protocol]}: mIoU vs cost")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"miou_vs_gflops_{PROTOCOL_SHORT[protocol].lower()}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        name = f"miou_vs_gflops_{PROTOCOL_SHORT[protocol].lower()}.png"
+        written.append(_finish(fig, ax, Path(out_dir) / name))
     return written
 
 
 def plot_layerwise(records: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
     """One PNG per dataset: mIoU of every probed block, a curve per method-size."""
     plt = _pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     recs = [r for r in records if r.protocol == "layerwise_probe" and r.per_layer]
     for dataset in sorted({r.dataset for r in recs}):
@@ -101,11 +104,5 @@ def plot_layerwise(records: Sequence[RunRecord], out_dir: str | Path) -> list[Pa
         ax.set_xlabel("block (1-based)")
         ax.set_ylabel("mIoU (%)")
         ax.set_title(f"Layer-wise linear probing: {dataset}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"layerwise_{dataset}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish(fig, ax, Path(out_dir) / f"layerwise_{dataset}.png"))
     return written

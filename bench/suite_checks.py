@@ -107,14 +107,9 @@ def check_semantics(suite: Suite) -> list[SuiteProblem]:
             f"unip-bench implements {PROTOCOL_VERSION!r}; check what changed and update it",
         ))
     protocols = list(spec.protocols)
-    for p in protocols:
-        bad = _check_protocol_name(suite, ("protocols", p), p)
-        if bad:
-            problems.append(bad)
-        else:
-            problems += _check_setting_keys(
-                suite, p, suite.protocol_settings(p), ("protocols", p)
-            )
+    problems += _check_overrides(
+        suite, ("protocols",), {p: suite.protocol_settings(p) for p in protocols}
+    )
 
     adapters = list_adapters()
     seen_models: dict[tuple, int] = {}
@@ -169,6 +164,7 @@ def check_semantics(suite: Suite) -> list[SuiteProblem]:
 
 
 def _check_overrides(suite: Suite, base: tuple, overrides: dict) -> list[SuiteProblem]:
+    """Protocol names and setting keys of a ``{protocol: settings}`` mapping at ``base``."""
     problems = []
     for p, values in overrides.items():
         bad = _check_protocol_name(suite, base + (p,), p)
