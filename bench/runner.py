@@ -168,17 +168,37 @@ def execute_run(
 ) -> dict[str, Any]:
     """Run one protocol, count its FLOPs and append its record (done or failed).
 
-    Returns a short outcome (run id, status, mIoU, error, seconds) for progress lines.
-    Under ``accelerate launch`` every process trains; only rank 0 writes the record.
+    Returns a short outcome (run id, status, mIoU, error, seconds) for progress lines;
+    status ``busy`` when another process holds the run (two ``unipbench run`` of one
+    suite must not train, or resume from, the same folder at once). In a multi-process
+    run every rank trains; only rank 0 writes the record.
     """
-    import torch
+    from filelock import Timeout
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank must take part
+        return _execute(run, store, workdir, progress)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(Path(workdir) / f"{run.run_id}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return {"run_id": run.run_id, "status": "busy", "mIoU": None, "seconds": 0.0,
+                "error": "another process is running it; this one left it alone"}
+    try:
+        return _execute(run, store, workdir, progress)
+    finally:
+        lock.release()
+
+
+def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -> dict:
     from bench.data import get_dataset_info
     from bench.protocols import run_protocol
     from bench.protocols.config import settings_from_dict
 
-    if threads:
-        torch.set_num_threads(threads)
     run_dir = Path(workdir) / run.run_id
     rec = _base_record(run)
     t0 = time.perf_counter()

@@ -85,3 +85,17 @@ def test_partial_state_is_listed(tmp_path: Path) -> None:
     (paths.workdir / runs[0].run_id).mkdir(parents=True)
     (paths.workdir / runs[0].run_id / "state.pt").write_bytes(b"x")
     assert run_states(runs, paths)[runs[0].run_id][0] == "partial"
+
+
+def test_a_run_held_by_another_process_is_left_alone(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    from bench.runner import execute_run, select_runs
+
+    suite, paths = tiny_suite(tmp_path)
+    (run,) = select_runs(suite, paths, "mae-T/soda/linear_probe/*")
+    paths.workdir.mkdir(parents=True)
+    with FileLock(str(paths.workdir / f"{run.run_id}.lock")):
+        out = execute_run(run, paths.store, paths.workdir)
+    assert out["status"] == "busy"
+    assert not paths.store.exists() and not (paths.workdir / run.run_id).exists()
