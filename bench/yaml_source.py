@@ -53,11 +53,13 @@ def format_path(key_path: Sequence[str | int]) -> str:
 def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], src: Path) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
+        merged: list[yaml.Node] = []
         for key_node, value_node in node.value:
             key = key_node.value
             line = key_node.start_mark.line + 1
-            if key == "<<":  # merge key: its keys belong to this mapping
-                _walk(value_node, path, lines, src)
+            if key == "<<":  # merge key: its keys belong here unless given explicitly
+                merged += value_node.value if isinstance(value_node, yaml.SequenceNode) else [
+                    value_node]
                 continue
             if key in seen:
                 raise YamlSourceError(
@@ -67,6 +69,12 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], src: Path) 
             seen[key] = line
             lines[path + (key,)] = line
             _walk(value_node, path + (key,), lines, src)
+        for m in merged:  # lines of merged keys: where the anchored mapping defines them
+            sub: dict[KeyPath, int] = {}
+            _walk(m, path, sub, src)
+            for k, line in sub.items():
+                if k[len(path)] not in seen:
+                    lines.setdefault(k, line)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[path + (i,)] = item.start_mark.line + 1
@@ -81,8 +89,13 @@ def load_yaml(path: str | Path) -> YamlSource:
     except OSError as exc:
         raise YamlSourceError(f"cannot read {path}: {exc.strerror or exc}") from None
     loader = yaml.SafeLoader(text)
+    lines: dict[KeyPath, int] = {}
     try:
         node = loader.get_single_node()
+        if node is not None:
+            # Walk before constructing: construction flattens merge keys (<<) in place.
+            lines[()] = node.start_mark.line + 1
+            _walk(node, (), lines, path)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -92,8 +105,4 @@ def load_yaml(path: str | Path) -> YamlSource:
         raise YamlSourceError(f"{path}: invalid YAML: {exc}") from None
     finally:
         loader.dispose()
-    lines: dict[KeyPath, int] = {}
-    if node is not None:
-        lines[()] = node.start_mark.line + 1
-        _walk(node, (), lines, path)
     return YamlSource(path=path, data=data, lines=lines)

@@ -11,6 +11,7 @@ from tiny_suite import tiny_suite
 from bench.executors import InlineExecutor
 from bench.runner import run_states, run_suite
 from bench.store import read_records
+from bench.tables import build_leaderboard
 
 pytestmark = pytest.mark.slow
 
@@ -20,11 +21,11 @@ def test_suite_records_every_outcome_then_skips_done_and_retries_failed(tmp_path
     out = run_suite(suite, paths, InlineExecutor(), progress=False, log=lines.append)
     assert any("generated a synthetic soda" in line for line in lines)
     status = {o["run_id"]: o["status"] for o in out.outcomes.values()}
-    assert sorted(status.values()) == ["done", "done", "failed", "failed"]
-    assert sum("[" in line and "/4]" in line for line in lines) == 4  # one line per run
+    assert sorted(status.values()) == ["done"] * 3 + ["failed"] * 3
+    assert sum("[" in line and "/6]" in line for line in lines) == 6  # one line per run
 
     records = read_records(paths.store)
-    assert len(records) == 4
+    assert len(records) == 6
     done = [r for r in records if r.status == "done"]
     ft = next(r for r in done if r.protocol == "fine_tune")
     assert set(ft.metrics) >= {"mIoU", "mAcc", "aAcc", "per_class_iou"}
@@ -41,6 +42,11 @@ def test_suite_records_every_outcome_then_skips_done_and_retries_failed(tmp_path
     lp = next(r for r in done if r.protocol == "linear_probe")
     assert lp.mode == "on_the_fly" and lp.inference["mode"] == "whole"
 
+    lw = next(r for r in done if r.protocol == "layerwise_probe")
+    assert sorted(lw.per_layer) == ["0", "1"] and "mIoU" in lw.per_layer["0"]
+    board = build_leaderboard([r for r in done])
+    assert [c.title for c in board.columns][:3] == ["FT soda", "LP soda", "LW best soda"]
+
     failed = [r for r in records if r.status == "failed"]
     assert all("CheckpointError" in r.error and "missing.pth" in r.error for r in failed)
     assert all((paths.workdir / r.run_id / "traceback.txt").exists() for r in failed)
@@ -49,9 +55,9 @@ def test_suite_records_every_outcome_then_skips_done_and_retries_failed(tmp_path
     again = run_suite(suite, paths, InlineExecutor(), progress=False, log=lines.append)
     assert {r.run_id for r in again.skipped} == {r.run_id for r in done}
     assert set(again.outcomes) == {r.run_id for r in failed}
-    assert len(read_records(paths.store)) == 6
+    assert len(read_records(paths.store)) == 9
     states = run_states(again.runs, paths)
-    assert sorted(s for s, _ in states.values()) == ["done", "done", "failed", "failed"]
+    assert sorted(s for s, _ in states.values()) == ["done"] * 3 + ["failed"] * 3
 
 
 def test_interrupted_run_is_partial_then_resumes(tmp_path: Path, monkeypatch) -> None:

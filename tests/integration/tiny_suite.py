@@ -26,6 +26,9 @@ protocols:
     aux_channels: 8
   linear_probe:
     <<: *tiny
+  layerwise_probe:
+    <<: *tiny
+    layers: all
 seeds: [0]
 """
 

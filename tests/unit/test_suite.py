@@ -185,3 +185,19 @@ def test_shipped_suites_are_valid() -> None:
         "demo", "paper-infrared-finetune", "paper-infrared-linear-probe",
         "paper-layerwise-rgb-depth",
     }
+
+
+def test_merge_keys_may_be_overridden_and_keep_their_lines(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "  fine_tune: {iters: 10, warmup_iters: 2}\n  linear_probe:\n",
+        "  fine_tune: &short\n    iters: 10\n    warmup_iters: 2\n"
+        "  linear_probe:\n    <<: *short\n    iters: 20\n    itres: 3\n",
+    )
+    p = write(tmp_path, text)
+    (msg,) = problems(p)  # the override of a merged key is fine, the typo is not
+    assert msg.startswith(f"{p}:18: protocols.linear_probe.itres: unknown setting")
+    p.write_text(text.replace("    itres: 3\n", ""))
+    suite = load_suite(p)
+    assert suite.protocol_settings("linear_probe") == {"iters": 20, "warmup_iters": 2}
+    assert suite.locate(("protocols", "linear_probe", "iters")) == (str(p), 17)
+    assert suite.locate(("protocols", "linear_probe", "warmup_iters")) == (str(p), 14)
