@@ -146,3 +146,53 @@ def test_bad_dataset_folder_fails_fast(tmp_path):
 def test_unknown_setting_suggests_the_right_one(soda, tmp_path):
     with pytest.raises(ValueError, match="Did you mean 'layer_decay'"):
         run_protocol("fine_tune", MODEL, dataset(soda), {"layer_dcay": 0.5}, tmp_path)
+
+
+def test_bf16_autocast_on_cpu_only_when_asked(soda, tmp_path):
+    from bench.protocols.runtime import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", cuda=False) == "no"
+    assert resolve_mixed_precision("auto", cuda=True) == "fp16"
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_mixed_precision("fp16", cuda=False)
+    r = run_protocol("linear_probe", MODEL, dataset(soda),
+                     {**TINY, "iters": 4, "mixed_precision": "bf16"}, tmp_path, progress=False)
+    assert r["device"]["mixed_precision"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(x["loss"])) for x in r["train_loss"])
+
+
+def test_gradient_accumulation_keeps_the_global_batch(soda, tmp_path):
+    # Linear heads have no BN, so two micro-batches of 2 follow one batch of 4 closely
+    # (only the per-micro-batch loss normalisation differs).
+    runs = {}
+    for accum in (1, 2):
+        runs[accum] = run_protocol(
+            "linear_probe", MODEL, dataset(soda),
+            {**TINY, "iters": 6, "grad_accum_steps": accum, "log_interval": 1},
+            tmp_path / str(accum), progress=False,
+        )
+    l1 = [x["loss"] for x in runs[1]["train_loss"]]
+    l2 = [x["loss"] for x in runs[2]["train_loss"]]
+    assert len(l1) == len(l2) == 6
+    for a, b in zip(l1, l2, strict=True):
+        assert abs(a - b) < 0.015 * a, (l1, l2)  # one step lowers the loss ~3%
+
+
+def test_cli_train_prints_per_class_iou(soda, tmp_path, capsys):
+    from bench.cli import main
+
+    sets = []
+    for k, v in {**TINY, "iters": 3}.items():
+        sets += ["--set", f"{k}={json.dumps(v)}"]
+    rc = main(["train", "linear-probe", "--adapter", "mae", "--size", "T", "--option",
+               "depth=4", "--dataset", "soda", "--root", str(soda), "--workdir",
+               str(tmp_path), "--no-progress", *sets])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "linear_probe (on_the_fly) on soda test, 3 iterations" in out
+    assert "traffic_cone" in out and "mIoU" in out
+    assert json.loads((tmp_path / "result.json").read_text())["iterations"] == 3
+    rc = main(["train", "finetune", "--adapter", "mae", "--size", "T", "--dataset", "soda",
+               "--root", str(soda), "--workdir", str(tmp_path / "x"), "--set", "lr_decay=1"])
+    assert rc == 2
+    assert "Did you mean 'layer_decay'" in capsys.readouterr().err
