@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.suite import Suite, SuiteError, load_suite
+from bench.suite import ExecutorSpec, Suite, SuiteError, load_suite
 
 
 def _load(path: str | None) -> Suite:
@@ -52,8 +52,13 @@ def run(args: argparse.Namespace) -> int:
     suite = _load(args.suite)
     paths = Paths.resolve(suite, args.store, args.workdir)
     progress = not args.no_progress
+    flags = {"partition": args.partition, "gpus_per_node": args.gpus_per_node,
+             "nodes": args.nodes, "timeout_min": args.timeout_min}
+    spec = ExecutorSpec.model_validate(  # validated like the suite's own section
+        {**suite.spec.executor.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
+    )
     executor = make_executor(
-        args.executor, suite.spec.executor, workers=args.workers, wait=args.wait,
+        args.executor, spec, workers=args.workers, wait=args.wait,
         job_name=f"unipbench-{suite.name}", progress=progress and sys.stderr.isatty(),
     )
     outcome = run_suite(suite, paths, executor, only=args.only, progress=progress)
@@ -124,6 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="local executor: runs at a time")
     p.add_argument("--wait", action="store_true",
                    help="slurm: follow the jobs until they finish instead of returning")
+    p.add_argument("--partition", help="slurm partition (overrides executor.partition)")
+    p.add_argument("--gpus-per-node", type=int, help="slurm: GPUs per node for each run")
+    p.add_argument("--nodes", type=int, help="slurm: nodes for each run")
+    p.add_argument("--timeout-min", type=int, help="time limit per run, in minutes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _paths_args(p)
     p.set_defaults(func=run)

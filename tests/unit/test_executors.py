@@ -125,3 +125,23 @@ def test_flags_override_the_suites_executor() -> None:
     assert make_executor("local", spec).workers == 3
     with pytest.raises(ValueError, match="unknown executor"):
         make_executor("cloud", spec)
+
+
+def test_cli_flags_reach_the_sbatch_script(tmp_path: Path, fake_slurm: Path, capsys) -> None:
+    from bench.cli import main
+
+    p = tmp_path / "s.yaml"
+    p.write_text(textwrap.dedent(SUITE))
+    rc = main(["run", str(p), "--executor", "slurm", "--partition", "a100", "--nodes", "1",
+               "--gpus-per-node", "2", "--timeout-min", "90", "--store",
+               str(tmp_path / "store.jsonl"), "--workdir", str(tmp_path / "runs"),
+               "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "2 job(s) submitted" in out and "as SLURM job 4242_1" in out
+    (script,) = sorted((tmp_path / "runs" / "_submitit").rglob("*_submission.sh"))
+    text = script.read_text()
+    for flag in ("--partition=a100", "--nodes=1", "--gpus-per-node=2", "--ntasks-per-node=2",
+                 "--time=90"):
+        assert f"#SBATCH {flag}" in text, flag
+    assert main(["run", str(p), "--executor", "slurm", "--gpus-per-node", "-1"]) == 2
