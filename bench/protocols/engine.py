@@ -42,6 +42,18 @@ class TrainOutcome:
     iterations: int = 0
     resumed_from: int = 0
 
+    def result(self, head: int = 0) -> dict[str, Any]:
+        """The result fields for head ``head``: final, best and last metrics, history."""
+        return {
+            "metrics": self.last[head],
+            "best": self.best[head],
+            "last": self.last[head],
+            "history": self.history,
+            "train_loss": self.train_loss,
+            "iterations": self.iterations,
+            "resumed_from": self.resumed_from,
+        }
+
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, s: ProtocolSettings

@@ -75,14 +75,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
         evaluate, s, ctx.checkpointer(), num_heads=1, progress=ctx.progress,
         description=f"fine-tune {ctx.dataset['name']}",
     )
-    out = trainer.run()
-    return {
-        "metrics": out.last[0],
-        "best": out.best[0],
-        "last": out.last[0],
-        "history": out.history,
-        "train_loss": out.train_loss,
-        "iterations": out.iterations,
-        "resumed_from": out.resumed_from,
-    }
+    return trainer.run().result()
 

@@ -40,14 +40,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     per_layer = {str(layer): m for layer, m in zip(layers, out.last, strict=True)}
     best_k = max(range(len(layers)), key=lambda k: out.last[k]["mIoU"])
     return {
-        "metrics": out.last[best_k],
+        **out.result(best_k),
         "best_layer": layers[best_k],
         "per_layer": per_layer,
         "per_layer_best": {str(layer): b for layer, b in zip(layers, out.best, strict=True)},
-        "best": out.best[best_k],
-        "last": out.last[best_k],
-        "history": out.history,
-        "train_loss": out.train_loss,
-        "iterations": out.iterations,
-        "resumed_from": out.resumed_from,
     }

@@ -52,16 +52,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         probe = build_model(ctx, 1)
         out = train_heads(ctx, probe, [s.lr], probe, ctx.train_stream(ctx.train_set()),
                           f"linear probe {name}")
-        return {
-            "mode": "on_the_fly",
-            "metrics": out.last[0],
-            "best": out.best[0],
-            "last": out.last[0],
-            "history": out.history,
-            "train_loss": out.train_loss,
-            "iterations": out.iterations,
-            "resumed_from": out.resumed_from,
-        }
+        return {"mode": "on_the_fly", **out.result()}
     lrs = list(s.sweep_lrs)
     probe = build_model(ctx, len(lrs))
     cache = FeatureCache(ctx)
@@ -77,14 +68,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     pick = max(range(len(lrs)), key=lambda k: out.last[k]["mIoU"])
     return {
         "mode": "cached",
-        "metrics": out.last[pick],
-        "best": out.best[pick],
-        "last": out.last[pick],
+        **out.result(pick),
         "best_lr": lrs[pick],
         "lr_sweep": sweep,
-        "history": out.history,
-        "train_loss": out.train_loss,
-        "iterations": out.iterations,
-        "resumed_from": out.resumed_from,
         "cached_images": len(cache),
     }

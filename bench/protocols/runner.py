@@ -92,14 +92,26 @@ def run_protocol(
 
     proto = canonical_protocol(protocol)
     workdir = Path(workdir)
-    result_path = workdir / RESULT_NAME
-    if result_path.exists():
-        return json.loads(result_path.read_text())
     model = _spec(model, MODEL_KEYS, "model", ("adapter", "size"))
     model["options"] = dict(model["options"] or {})
     dataset = _spec(dataset, DATASET_KEYS, "dataset", ("name", "root"))
     dataset["root"] = str(dataset["root"])
     s = _settings(proto, settings, dataset["name"], model)
+    settings_dict = s.model_dump(mode="json")
+    fingerprint = run_fingerprint(
+        {"protocol": proto, "version": PROTOCOL_VERSION, "settings": settings_dict,
+         "model": model, "dataset": {k: dataset[k] for k in ("name", "layout")},
+         "seed": seed}
+    )
+    result_path = workdir / RESULT_NAME
+    if result_path.exists():
+        stored = json.loads(result_path.read_text())
+        if stored.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{result_path} holds the result of a different run (other settings, model, "
+                "dataset or seed); use a fresh workdir"
+            )
+        return stored
     info = get_dataset_info(dataset["name"])
     # A bad folder must fail in seconds, before a model is built or a GPU is touched.
     splits = dict.fromkeys((s.train_split or info.train_split,
@@ -113,12 +125,6 @@ def run_protocol(
     backbone = load_backbone(
         model["adapter"], model["size"], model["checkpoint"], img_size=s.crop_size,
         sha256=model["sha256"], drop_path_rate=drop_path, **model["options"],
-    )
-    settings_dict = s.model_dump(mode="json")
-    fingerprint = run_fingerprint(
-        {"protocol": proto, "version": PROTOCOL_VERSION, "settings": settings_dict,
-         "model": model, "dataset": {k: dataset[k] for k in ("name", "layout")},
-         "seed": seed}
     )
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(
@@ -140,6 +146,7 @@ def run_protocol(
         "inference": {"mode": s.inference, "crop": s.slide_crop, "stride": s.slide_stride},
         "device": device_description(accelerator),
         "wall_time_s": round(time.perf_counter() - t0, 3),
+        "fingerprint": fingerprint,
     }
     result = json.loads(json.dumps(result, default=str))  # what is returned = what is stored
     if accelerator.is_main_process:

@@ -56,35 +56,47 @@ def setup():
     return s, model, opt, batches
 
 
-def main(mode: str) -> None:
-    torch.set_num_threads(1)
+def harness_trainer(s, model, opt, batches: list[dict], progress: bool = False):
+    """The harness around ``model``: accelerate-prepared, Trainer with a no-op evaluation
+    (the benchmarks time training steps) and a checkpointer that never fires."""
+    from bench.protocols.checkpointing import Checkpointer
+    from bench.protocols.engine import Trainer, build_scheduler
+    from bench.protocols.runtime import make_accelerator
+
+    sched = build_scheduler(opt, s)
+    acc = make_accelerator("no")
+    prepared, popt = acc.prepare(model, opt)
+    return Trainer(
+        acc, prepared, popt, sched, model, lambda start: iter(batches),
+        lambda: [{"mIoU": 0.0}], s, Checkpointer(tempfile.mkdtemp(), acc, "bench"),
+        progress=progress,
+    )
+
+
+def bare_loop(s, model, opt, batches: list[dict]) -> None:
+    """The same steps in plain PyTorch: forward, backward, AdamW, lr schedule."""
     from bench.protocols.engine import build_scheduler
 
-    s, model, opt, batches = setup()
     sched = build_scheduler(opt, s)
-    if mode == "harness":
-        from bench.protocols.checkpointing import Checkpointer
-        from bench.protocols.engine import Trainer
-        from bench.protocols.runtime import make_accelerator
+    model.train()
+    for batch in batches:
+        loss = model(batch["img"], batch["label"])["loss"]
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
 
-        acc = make_accelerator("no")
-        prepared, popt = acc.prepare(model, opt)
-        workdir = tempfile.mkdtemp()
-        trainer = Trainer(
-            acc, prepared, popt, sched, model, lambda start: iter(batches),
-            lambda: [{"mIoU": 0.0}], s, Checkpointer(workdir, acc, "bench"), progress=False,
-        )
+
+def main(mode: str) -> None:
+    torch.set_num_threads(1)
+    s, model, opt, batches = setup()
+    if mode == "harness":
+        trainer = harness_trainer(s, model, opt, batches)
         before = current_rss()
         trainer.run()
     else:
         before = current_rss()
-        model.train()
-        for batch in batches:
-            loss = model(batch["img"], batch["label"])["loss"]
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+        bare_loop(s, model, opt, batches)
     print(json.dumps({"mode": mode, "growth": peak_rss() - before}))
 
 

@@ -32,16 +32,14 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils import set_seed
+from protocol_bench_job import bare_loop, harness_trainer
 
 from bench.adapter import load_backbone
 from bench.data.synth import synthesize
 from bench.protocols import run_protocol
-from bench.protocols.checkpointing import Checkpointer
 from bench.protocols.config import resolve_settings
-from bench.protocols.engine import Trainer, build_scheduler
 from bench.protocols.finetune import build_model, optimizer_groups
 from bench.protocols.optim import build_adamw
-from bench.protocols.runtime import make_accelerator
 
 MAX_STEP_RATIO = 1.05
 MIN_SWEEP_SPEEDUP = 3.0
@@ -75,17 +73,10 @@ def _step_time_ratio(tmp_path: Path) -> tuple[float, float]:
          "label": torch.randint(0, 21, (batch, crop, crop), generator=g)}
         for _ in range(steps)
     ]
-    acc = make_accelerator("no")
-
     def harness() -> float:
         model = copy.deepcopy(template)
         opt = build_adamw(optimizer_groups(model, s), lr=s.lr, betas=s.betas)
-        sched = build_scheduler(opt, s)
-        prepared, popt = acc.prepare(model, opt)
-        trainer = Trainer(
-            acc, prepared, popt, sched, model, lambda start: iter(batches),
-            lambda: [{"mIoU": 0.0}], s, Checkpointer(tmp_path, acc, "bench"), progress=True,
-        )
+        trainer = harness_trainer(s, model, opt, batches, progress=True)
         t0 = time.perf_counter()
         trainer.run()
         return time.perf_counter() - t0
@@ -93,15 +84,8 @@ def _step_time_ratio(tmp_path: Path) -> tuple[float, float]:
     def bare() -> float:
         model = copy.deepcopy(template)
         opt = build_adamw(optimizer_groups(model, s), lr=s.lr, betas=s.betas)
-        sched = build_scheduler(opt, s)
         t0 = time.perf_counter()
-        model.train()
-        for b in batches:
-            loss = model(b["img"], b["label"])["loss"]
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+        bare_loop(s, model, opt, batches)
         return time.perf_counter() - t0
 
     h, r = [], []

@@ -78,8 +78,11 @@ def test_finished_workdir_returns_stored_result(finetuned, soda, monkeypatch):
         raise AssertionError("a finished workdir must not train again")
 
     monkeypatch.setattr("bench.protocols.engine.Trainer.run", no_training)
-    again = run_protocol("fine_tune", MODEL, dataset(soda), {**TINY_FT, "iters": 30}, wd)
+    settings = {**TINY_FT, "iters": 30, "eval_interval": 15}
+    again = run_protocol("fine_tune", MODEL, dataset(soda), settings, wd)
     assert again == r
+    with pytest.raises(ValueError, match="different run"):
+        run_protocol("fine_tune", MODEL, dataset(soda), {**settings, "lr": 0.5}, wd)
 
 
 def test_finetune_llfpn_is_unips_default(soda, tmp_path):

@@ -19,6 +19,16 @@ from bench.registry import HEADS, NECKS
 ROOT = Path(__file__).resolve().parents[2]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two OpenMP threads competing with other processes on a 2-core machine are far
+    # slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)

@@ -28,6 +28,16 @@ def expected_layer(name: str, depth: int) -> int:
     return depth + 1
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two OpenMP threads competing with other processes on a 2-core machine are far
+    # slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def vit_s_upernet():
     s = resolve_settings("fine_tune", "soda", "mae", "small", {})
