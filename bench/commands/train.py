@@ -1,9 +1,15 @@
-"""``unipbench train``: one fine-tuning, linear-probing or layer-wise-probing run."""
+"""``unipbench train``: one fine-tuning, linear-probing or layer-wise-probing run.
+
+Several processes: ``accelerate launch --multi_gpu --num_processes N -m bench.cli train ...``
+on GPUs; on CPUs (gloo) ``torchrun --nproc_per_node N -m bench.cli train ...``, since
+``accelerate launch --cpu`` starts a single process unless given an MPI hostfile.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 PROTOCOL_CHOICES = {
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except TrainingDiverged as exc:
         raise CommandError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) != 0:  # launched on several processes: print once
+        return 0
     if args.json:
         print(json.dumps(result, indent=2))
     else:
