@@ -33,6 +33,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 from protocol_bench_job import bare_loop, harness_trainer
+from single_thread import one_thread
 
 from bench.adapter import load_backbone
 from bench.data.synth import synthesize
@@ -47,13 +48,7 @@ MAX_MEMORY_RATIO = 1.2
 JOB = Path(__file__).with_name("protocol_bench_job.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two OpenMP threads on this shared 2-core machine turn timing into noise.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 def _step_time_ratio(tmp_path: Path) -> tuple[float, float]:

@@ -32,20 +32,6 @@ TINY_FT = {**TINY, "head_channels": 32}
 MODEL = {"adapter": "mae", "size": "tiny", "options": {"depth": 4}}
 
 
-def one_thread():
-    """Generator for an autouse fixture: one intra-op thread while a test module runs.
-
-    On this shared 2-core machine two OpenMP threads competing with other processes made
-    a training step 30x slower than one thread.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_soda(root: Path, train: int = 16, test: int = 4) -> Path:
     from bench.data.synth import synthesize
 

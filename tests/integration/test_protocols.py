@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 from accelerate.utils import set_seed
-from protocol_job import MODEL, TINY, TINY_FT, dataset, make_soda, one_thread
+from protocol_job import MODEL, TINY, TINY_FT, dataset, make_soda
+from single_thread import one_thread
 
 from bench.adapter import load_backbone
 from bench.data import build_dataset, get_dataset_info

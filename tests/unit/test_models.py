@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from single_thread import one_thread
 from torch import nn
 
 from bench.adapter import load_backbone
@@ -20,14 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two OpenMP threads competing with other processes on a 2-core machine are far
-    # slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 @pytest.fixture(scope="module")
 def backbone():

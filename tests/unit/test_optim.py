@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from single_thread import one_thread
 
 from bench.adapter import load_backbone
 from bench.protocols.config import resolve_settings
@@ -29,14 +30,7 @@ def expected_layer(name: str, depth: int) -> int:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two OpenMP threads competing with other processes on a 2-core machine are far
-    # slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 @pytest.fixture(scope="module")
 def vit_s_upernet():
