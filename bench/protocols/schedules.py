@@ -13,13 +13,21 @@ def warmup_poly(
     warmup_ratio: float = 1e-6,
     min_ratio: float = 0.0,
 ) -> Callable[[int], float]:
-    """Multiplier of the base lr at iteration ``it`` (mmseg's linear warm-up + poly)."""
+    """Multiplier of the base lr at iteration ``it``: mmseg's poly with linear warm-up.
+
+    As in mmcv's ``PolyLrUpdaterHook`` the warm-up scales the *poly* lr of the same
+    iteration (it does not ramp to the base lr and then drop), so the curve joins the
+    poly decay continuously at ``warmup_iters``.
+    """
+
+    def poly(it: int) -> float:
+        progress = min(1.0, it / max(1, total_iters))
+        return (1.0 - min_ratio) * (1.0 - progress) ** power + min_ratio
 
     def f(it: int) -> float:
         if warmup_iters > 0 and it < warmup_iters:
-            return warmup_ratio + (1.0 - warmup_ratio) * it / warmup_iters
-        progress = min(1.0, it / max(1, total_iters))
-        return max(min_ratio, (1.0 - progress) ** power)
+            return poly(it) * (warmup_ratio + (1.0 - warmup_ratio) * it / warmup_iters)
+        return poly(it)
 
     return f
 
