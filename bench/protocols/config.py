@@ -208,10 +208,11 @@ PROTOCOL_ALIASES = {
 }
 
 # Per dataset (paper, total batch 8): warm-up and total iterations, about 100 epochs.
-# The depth datasets of layer-wise probing use 480 crops (as their DatasetInfo says); the
-# stride keeps the paper's 2/3 overlap ratio (341/512). Datasets without a schedule here
+# The depth datasets of layer-wise probing use 480 crops (as their DatasetInfo says) with
+# the released configs' sliding stride of 341, unchanged from the 512 setting. Datasets
+# without a schedule here
 # need `iters` and `warmup_iters` given explicitly. Keys are dataset_key() of the name.
-_DEPTH_480 = {"crop_size": 480, "scale": (2048, 480), "slide_crop": 480, "slide_stride": 320}
+_DEPTH_480 = {"crop_size": 480, "scale": (2048, 480), "slide_crop": 480, "slide_stride": 341}
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "soda": {"warmup_iters": 1500, "iters": 14400},
     "mfnetthermal": {"warmup_iters": 1000, "iters": 9800},
