@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,17 @@ def _safe_globals() -> list:
     except Exception:  # numpy is optional for reading checkpoints
         pass
     return allowed
+
+
+def check_sha256(sha256: str, what: str = "sha256") -> str:
+    """``sha256`` lower-cased, or a CheckpointError when it is not 64 hex digits."""
+    digest = str(sha256).strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CheckpointError(
+            f"{what} {sha256!r} is not a sha256 digest (64 hexadecimal digits, "
+            f"as printed by `sha256sum FILE`)"
+        )
+    return digest
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -96,18 +106,35 @@ def load_pickle_checkpoint(path: Path) -> Any:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc).split("\n")
-        detail = next((line for line in msg if "Unsupported global" in line), msg[0])
-        raise CheckpointError(
-            f"refusing to load {path}: it is not a plain weights file and loading it would "
-            f"execute code or build untrusted objects ({detail.strip()}). Nothing was run. "
-            "If you trust the file, convert it to safetensors or a plain state dict first."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is truncated or corrupt "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
+        lines = [line.strip() for line in str(exc).split("\n") if line.strip()]
+        # The line naming the refused global (its wording varies across torch versions);
+        # never torch's own advice to retry with weights_only=False.
+        refused = next(
+            (ln for ln in lines if "global" in ln.lower() and "weights_only" not in ln), None
+        )
+        if refused is not None:
+            raise CheckpointError(
+                f"refusing to load {path}: it is not a plain weights file and loading it would "
+                f"execute code or build untrusted objects ({refused}). Nothing was run. "
+                "If you trust the file, convert it to safetensors or a plain state dict first."
+            ) from None
+        # Random bytes or an unknown opcode: "Unsupported operand 217".
+        detail = next(
+            (ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else ""
+        )
+        raise _unreadable(path, exc, detail) from None
+    except Exception as exc:  # garbage bytes can fail anywhere in the unpickler
+        # (RuntimeError, EOFError, BadZipFile, and KeyError/IndexError from a text file.)
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception, detail: str | None = None) -> CheckpointError:
+    if detail is None:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+    return CheckpointError(
+        f"cannot read checkpoint {path}: it is not a torch checkpoint, or it is truncated "
+        f"or corrupt ({type(exc).__name__}: {detail})"
+    )
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -146,6 +173,8 @@ def resolve_checkpoint(
     lists for it). ``sha256``, when given, must match or loading stops here.
     """
     spec = str(checkpoint)
+    if sha256:
+        sha256 = check_sha256(sha256)
     if spec.startswith(("http://", "https://")):
         from bench.download import download_cached
 

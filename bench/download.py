@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
-from bench.checkpoint import CheckpointError, cache_root, cached_sha256
+from bench.checkpoint import CheckpointError, cache_root, cached_sha256, check_sha256
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -72,7 +72,7 @@ def download_cached(
     scheme = urlparse(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise DownloadError(f"only http(s) URLs can be downloaded, not {url!r}")
-    expected = sha256.lower() if sha256 else None
+    expected = check_sha256(sha256) if sha256 else None
     target = cache_path(url, cache_dir)
     if target.is_file() and (expected is None or cached_sha256(target, cache_dir) == expected):
         return target

@@ -141,3 +141,34 @@ def test_default_cache_root_follows_environment(tmp_path, monkeypatch) -> None:
     assert ckpt_mod.cache_root() == tmp_path / "checkpoints"
     monkeypatch.delenv("UNIPBENCH_CACHE")
     assert ckpt_mod.cache_root() == Path.home() / ".cache" / "unipbench" / "checkpoints"
+
+
+def test_malicious_pickle_message_names_the_refused_global(tmp_path) -> None:
+    """The reason quoted is the blocked global, never torch's advice to drop weights_only."""
+    torch.save({"model": tiny_state(), "extra": Payload(tmp_path / "pwned")}, tmp_path / "e.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_backbone("mae", "tiny", tmp_path / "e.pth", depth=2, cache_dir=tmp_path)
+    msg = str(info.value)
+    assert "open" in msg.split("(", 1)[1] and "weights_only" not in msg
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"hello, not a checkpoint", b"x" + bytes(range(256)) * 8, b""],
+    ids=["text", "bytes", "empty"],
+)
+def test_file_that_is_no_checkpoint_is_named_not_called_malicious(tmp_path, content) -> None:
+    """Any garbage is a CheckpointError naming the file (a text file once gave KeyError: 101)."""
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(
+        CheckpointError, match=r"cannot read checkpoint .*notes\.pth: it is not a torch"
+    ):
+        load_backbone("mae", "tiny", path, depth=2, cache_dir=tmp_path)
+
+
+def test_malformed_sha256_is_refused(tmp_path) -> None:
+    torch.save({"model": tiny_state()}, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match=r"'abc' is not a sha256 digest"):
+        load_backbone("mae", "tiny", tmp_path / "m.pth", depth=2, sha256="abc", cache_dir=tmp_path)

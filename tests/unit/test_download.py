@@ -13,6 +13,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from bench.adapter import load_backbone
+from bench.checkpoint import CheckpointError
 from bench.download import DownloadError, cache_path, download_cached
 
 
@@ -125,3 +126,9 @@ def test_load_backbone_from_url(server, tmp_path) -> None:
     bb2 = load_backbone("mae", "tiny", url, depth=2, cache_dir=tmp_path)
     assert bb2.meta.checkpoint_sha256 == digest  # hashed once, remembered
     assert len(server.requests) == 1
+
+
+def test_malformed_hash_is_refused_before_any_request(server, tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"'sha-of-the-file' is not a sha256 digest"):
+        download_cached(server.url("/small.bin"), sha256="sha-of-the-file", cache_dir=tmp_path)
+    assert server.requests == [] and leftovers(tmp_path) == []
