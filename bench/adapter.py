@@ -34,10 +34,22 @@ VIT_SIZES: dict[str, dict[str, int]] = {
     "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
 SIZE_ALIASES = {
-    "t": "tiny", "tiny": "tiny", "vit-t": "tiny", "vit_t": "tiny",
-    "s": "small", "small": "small", "vit-s": "small", "vit_s": "small",
-    "b": "base", "base": "base", "vit-b": "base", "vit_b": "base",
-    "l": "large", "large": "large", "vit-l": "large", "vit_l": "large",
+    "t": "tiny",
+    "tiny": "tiny",
+    "vit-t": "tiny",
+    "vit_t": "tiny",
+    "s": "small",
+    "small": "small",
+    "vit-s": "small",
+    "vit_s": "small",
+    "b": "base",
+    "base": "base",
+    "vit-b": "base",
+    "vit_b": "base",
+    "l": "large",
+    "large": "large",
+    "vit-l": "large",
+    "vit_l": "large",
 }
 SIZE_LETTER = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
 
@@ -211,10 +223,46 @@ def list_adapters() -> list[str]:
     return ADAPTERS.names()
 
 
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _geometry_hint(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """What size / depth the checkpoint is when it is not the model's ("" when it is)."""
+    hints = []
+    key = "patch_embed.proj.weight"
+    got, want = state.get(key), expected.get(key)
+    if isinstance(got, torch.Tensor) and got.ndim == 4 and got.shape[0] != want.shape[0]:
+        width = int(got.shape[0])
+        fits = [s for s, g in VIT_SIZES.items() if g["embed_dim"] == width]
+        what = (
+            f"a ViT-{SIZE_LETTER[fits[0]]} (pass size {SIZE_LETTER[fits[0]]!r})"
+            if fits
+            else ("no standard ViT size")
+        )
+        hints.append(f"its embed dim is {width}, the model's {want.shape[0]}: it is {what}")
+
+    def depth(keys: Any) -> int:
+        return 1 + max((int(m.group(1)) for k in keys if (m := _BLOCK_KEY.match(k))), default=-1)
+
+    ckpt_depth, model_depth = depth(state), depth(expected)
+    if ckpt_depth and ckpt_depth != model_depth:
+        hints.append(f"it has {ckpt_depth} blocks, the model {model_depth}")
+    return "; ".join(hints)
+
+
 def check_keys(
-    adapter: str, fmt: str, source: str, model: nn.Module, state: Mapping[str, Any]
+    adapter: str,
+    fmt: str,
+    source: str,
+    model: nn.Module,
+    state: Mapping[str, Any],
+    hint: str = "",
 ) -> None:
-    """Raise AdapterError naming every missing / unexpected / mis-shaped key."""
+    """Raise AdapterError naming every missing / unexpected / mis-shaped key.
+
+    ``hint`` (why the checkpoint may not fit, e.g. its structure matched no format) and
+    what the checkpoint's size or depth is, when not the model's, lead the message.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -243,8 +291,11 @@ def check_keys(
         parts.append(f"shape mismatches ({len(shape_bad)}): {_few(shape_bad, 6)}")
     if not_tensor:
         parts.append(f"non-tensor values: {_few(not_tensor)}")
+    why = "; ".join(h for h in (hint, _geometry_hint(expected, state)) if h)
     raise AdapterError(
-        f"checkpoint {source} does not fit adapter {adapter!r} (format {fmt!r}): "
+        f"checkpoint {source} does not fit adapter {adapter!r} (format {fmt!r})"
+        + (f" ({why})" if why else "")
+        + ": "
         + "; ".join(parts)
     )
 
@@ -268,10 +319,47 @@ def resample_pos_embed(
 
 
 def as_pair(img_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return (img_size, img_size)
-    h, w = img_size
-    return (int(h), int(w))
+    """``512`` or ``(512, 640)`` -> (height, width); anything else is an AdapterError."""
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        pair: tuple = (img_size, img_size)
+    elif isinstance(img_size, Sequence) and not isinstance(img_size, str) and len(img_size) == 2:
+        pair = tuple(img_size)
+    else:
+        pair = ()
+    if len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
+    ):
+        raise AdapterError(
+            f"img_size {img_size!r} is not a positive int or a (height, width) pair of ints"
+        )
+    return (int(pair[0]), int(pair[1]))
+
+
+def _structure_hint(adapter: Adapter, fmt: CheckpointFormat, raw: Any) -> str:
+    """When no declared format's structure is in the file: what is, and whose it may be."""
+    if fmt.directory:
+        return ""
+    if not isinstance(raw, Mapping):
+        return f"the file holds a {type(raw).__name__}, not a dict of weights"
+    nested = [f for f in adapter.formats if f.key_path and not f.directory]
+    if not nested or any(f.extract(raw) is not None for f in nested):
+        return ""
+    top = [str(k) for k in raw if not isinstance(raw[k], torch.Tensor)]
+    if not top:
+        return ""
+    shown = ", ".join(repr(k) for k in top[:6]) + (" ..." if len(top) > 6 else "")
+    others = [
+        name
+        for name in list_adapters()
+        if name != adapter.name
+        and any(
+            f.key_path and not f.directory and f.extract(raw) is not None
+            for f in get_adapter(name).formats
+        )
+    ]
+    whose = f"; its layout is that of adapter(s) {', '.join(others)}" if others else ""
+    wanted = " or ".join(repr(".".join(f.key_path)) for f in nested)
+    return f"adapter {adapter.name!r} expects weights under {wanted}, the file has {shown}{whose}"
 
 
 def _build_for_checkpoint(build: Callable[..., nn.Module]) -> nn.Module:
@@ -356,7 +444,8 @@ def load_backbone(
     build_kwargs.update(file_meta.get("vit_kwargs", {}))
     build_kwargs.update(context.get("vit_kwargs", {}))
     vit = _build_for_checkpoint(build)
-    check_keys(adapter.name, fmt.name, str(checkpoint), vit, state)
+    hint = "" if format else _structure_hint(adapter, fmt, raw)
+    check_keys(adapter.name, fmt.name, str(checkpoint), vit, state, hint=hint)
     if "pos_embed" in state:
         ckpt_pos = state["pos_embed"]
         # DeiT III-style tables (no_embed_class) hold no entries for prefix tokens.

@@ -41,8 +41,9 @@ def test_unknown_size_suggests_the_sizes() -> None:
 def test_unknown_format_name_lists_the_declared_ones(tmp_path) -> None:
     torch.save(tiny_state(), tmp_path / "m.pth")
     with pytest.raises(AdapterError, match=r"no checkpoint format 'pretrained'.*'pretrain'"):
-        load_backbone("mae", "tiny", tmp_path / "m.pth", format="pretrained", depth=2,
-                      cache_dir=tmp_path)
+        load_backbone(
+            "mae", "tiny", tmp_path / "m.pth", format="pretrained", depth=2, cache_dir=tmp_path
+        )
 
 
 def test_all_built_in_adapters_are_registered() -> None:
@@ -114,6 +115,28 @@ def test_dino_training_checkpoint_handed_to_mae_names_missing_keys(tmp_path) -> 
     assert "adapter 'mae'" in msg and "dino_full.pth" in msg
     assert "missing keys" in msg and "blocks.0.attn.qkv.weight" in msg
     assert "unexpected keys" in msg and "teacher" in msg
+    # ... and says why: the structure MAE expects, and whose layout the file has.
+    assert "expects weights under 'model', the file has 'teacher', 'student', 'epoch'" in msg
+    assert "layout is that of adapter(s) dino, ibot" in msg
+
+
+def test_weights_of_another_size_say_which_size_they_are(tmp_path) -> None:
+    state = VisionTransformer(embed_dim=384, depth=2, num_heads=6, num_classes=0).state_dict()
+    torch.save({"model": state}, tmp_path / "vit_s.pth")
+    with pytest.raises(AdapterError) as info:
+        load_backbone("mae", "tiny", tmp_path / "vit_s.pth", depth=2, cache_dir=tmp_path)
+    msg = str(info.value)
+    assert "vit_s.pth" in msg and "its embed dim is 384, the model's 192" in msg
+    assert "it is a ViT-S (pass size 'S')" in msg
+    assert "shape mismatches" in msg and "blocks.0.attn.qkv.weight" in msg
+    with pytest.raises(AdapterError, match=r"it has 2 blocks, the model 12"):
+        load_backbone("mae", "small", tmp_path / "vit_s.pth", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("img_size", ["512", (512,), (512, 0), 224.0, True])
+def test_bad_img_size_is_explained(img_size) -> None:
+    with pytest.raises(AdapterError, match="img_size .* is not a positive int or a"):
+        load_backbone("mae", "tiny", None, img_size=img_size, depth=1)
 
 
 def test_checkpoint_of_other_depth_reports_missing_blocks(tmp_path) -> None:
@@ -131,8 +154,9 @@ def test_unip_without_metadata_or_last_heads_fails_clearly(tmp_path) -> None:
 def test_unip_last_heads_contradicting_metadata_fails(tmp_path) -> None:
     torch.save({"model": tiny_state(), "unip": {"last_heads": 16}}, tmp_path / "unip.pth")
     with pytest.raises(AdapterError, match="contradicts"):
-        load_backbone("unip", "tiny", tmp_path / "unip.pth", depth=2, last_heads=12,
-                      cache_dir=tmp_path)
+        load_backbone(
+            "unip", "tiny", tmp_path / "unip.pth", depth=2, last_heads=12, cache_dir=tmp_path
+        )
 
 
 def test_example_adapter_in_the_docs_works(tmp_path) -> None:
@@ -156,8 +180,9 @@ def test_example_adapter_in_the_docs_works(tmp_path) -> None:
     torch.save(ckpt, tmp_path / "mymethod.pth")
     register_adapter(adapter)
     try:
-        bb = load_backbone("mymethod", "tiny", tmp_path / "mymethod.pth", depth=2,
-                           cache_dir=tmp_path)
+        bb = load_backbone(
+            "mymethod", "tiny", tmp_path / "mymethod.pth", depth=2, cache_dir=tmp_path
+        )
     finally:
         ADAPTERS.unregister("mymethod")
     assert bb.meta.checkpoint_format == "pretrain"
