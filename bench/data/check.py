@@ -25,6 +25,7 @@ from bench.data.layout import (
 )
 from bench.data.lookup import get_dataset_info
 from bench.data.spec import DatasetError, DatasetInfo
+from bench.registry import did_you_mean
 
 QUICK_SAMPLE = 4  # pairs decoded by quick_check
 
@@ -151,10 +152,17 @@ def _stray_files(info: DatasetInfo, res: ResolvedLayout, listed: set[str]) -> li
     return out
 
 
-def _begin(name: str, root: str | Path, layout: str | None) -> tuple:
+def _begin(name: str, root: str | Path, layout: str | None, splits: Sequence[str]) -> tuple:
     info = get_dataset_info(name)
+    # A misspelt layout or split is a usage error, raised, not a finding about the folder.
     if layout:
-        info.layout(layout)  # a misspelt layout is a usage error, raised, not a finding
+        info.layout(layout)
+    for split in splits:
+        if split not in info.splits:
+            raise DatasetError(
+                f"{info.name} has no split {split!r}; its splits are {', '.join(info.splits)}."
+                + did_you_mean(split, list(info.splits))
+            )
     report = CheckReport(info.name, str(root), published=dict(info.published_counts))
     try:
         res = resolve_layout(info, root, layout)
@@ -193,7 +201,7 @@ def check_dataset(
     layout: str | None = None,
 ) -> CheckReport:
     """Audit ``splits`` (default: all) of a dataset copy; ``full`` decodes every pair."""
-    info, report, res = _begin(name, root, layout)
+    info, report, res = _begin(name, root, layout, splits or ())
     if res is None:
         return report
     wanted = list(splits) if splits else [s for s in info.splits if s in res.layout.splits]
@@ -204,7 +212,10 @@ def check_dataset(
         if listing is not None:
             listings.append(listing)
     if not splits:
-        report.warnings.extend(_stray_files(info, res, {n for ls in listings for n in ls.names}))
+        # A name a split file lists is not stray even when its partner file is missing
+        # (that is reported as unpaired).
+        listed = {n for ls in listings for n in (*ls.names, *ls.missing_images, *ls.missing_labels)}
+        report.warnings.extend(_stray_files(info, res, listed))
     pairs = [p for ls in listings for p in zip(ls.images, ls.labels, strict=True)]
     pairs = list(dict.fromkeys(pairs))  # val_test repeats val and test
     if not full:

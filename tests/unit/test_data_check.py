@@ -41,6 +41,18 @@ def test_unpaired_files(soda: Path) -> None:
     assert "train_00003" in text
     assert "soda test: 1 sample(s) have no label SegmentationClassPNG/<name>.png" in text
     assert report.counts == {"train": 5, "test": 2}
+    # Their partners are listed in a split file: unpaired, not "in no split file".
+    assert report.warnings == []
+
+
+def test_renamed_image_is_unpaired_and_its_new_name_stray(soda: Path) -> None:
+    images = soda / "JPEGImages"
+    (images / "train_00001.jpg").rename(images / "train_0001.jpg")
+    report = check_dataset("soda", soda)
+    assert report.errors == [
+        f"soda train: 1 sample(s) have no image JPEGImages/<name>.jpg under {soda}: train_00001"
+    ]
+    assert report.warnings == ["1 image(s) in JPEGImages/ are in no split file: train_0001.jpg"]
 
 
 def test_unreadable_files(soda: Path) -> None:

@@ -48,6 +48,18 @@ def test_wrong_folder_and_layout(tmp_path: Path, capsys) -> None:
     assert "no layout 'rgbx'" in capsys.readouterr().err
 
 
+def test_misspelt_split_is_a_user_error(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "soda"
+    main(["data", "synth", "--like", "soda", "--root", str(root), "--size", "24"])
+    capsys.readouterr()
+    code = main(["data", "check", "--dataset", "soda", "--root", str(root), "--split", "tset"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("unipbench data: error: soda has no split 'tset'")
+    assert "Did you mean 'test'?" in captured.err
+
+
 def test_unknown_dataset_is_a_user_error(tmp_path: Path, capsys) -> None:
     assert main(["data", "synth", "--like", "mfnet", "--root", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
