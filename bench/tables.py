@@ -32,6 +32,10 @@ class MixedVersionsError(ValueError):
     """Records of different protocol versions would be compared in one table."""
 
 
+class ConflictingRecordsError(ValueError):
+    """Two runs (different configurations) would fill the same seed of the same cell."""
+
+
 @dataclass
 class Cell:
     """A value over seeds: mean, sample std (None for one seed) and the seeds' count."""
@@ -145,7 +149,36 @@ def select_records(
             "of different versions are not comparable. Select one suite (--suite) or pass "
             "--allow-mixed-versions to put them in one table anyway."
         )
+    _refuse_conflicts(chosen)
     return chosen
+
+
+def _refuse_conflicts(records: Sequence[RunRecord]) -> None:
+    """One record per (method, size, protocol, dataset, seed, version): two run ids there
+    (a changed hyperparameter, checkpoint or dataset root) would be averaged as if they
+    were two seeds."""
+    seen: dict[tuple, RunRecord] = {}
+    clashes: list[tuple[RunRecord, RunRecord]] = []
+    for r in records:
+        key = (r.model_name, r.size, r.protocol, r.dataset, r.seed, r.protocol_version)
+        if key in seen:
+            clashes.append((seen[key], r))
+        else:
+            seen[key] = r
+    if not clashes:
+        return
+    lines = [
+        f"{a.model_name}-{SIZE_LETTER.get(a.size, a.size)} {a.dataset} {a.protocol} "
+        f"seed {a.seed}: runs {a.run_id} (suite {a.suite}) and {b.run_id} (suite {b.suite})"
+        for a, b in clashes[:3]
+    ]
+    more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+    raise ConflictingRecordsError(
+        "different runs of the same method, dataset, protocol and seed would be averaged "
+        "together: " + "; ".join(lines) + more + ". They differ in configuration "
+        "(settings, checkpoint or data); select the runs of one suite file with "
+        "--suite <file.yaml>, or rename one model (name:) to keep both."
+    )
 
 
 # ---------------------------------------------------------------------------- building

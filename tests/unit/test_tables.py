@@ -9,6 +9,7 @@ import pytest
 
 from bench.store import RunRecord, append_record, read_records
 from bench.tables import (
+    ConflictingRecordsError,
     MixedVersionsError,
     build_leaderboard,
     load_reference,
@@ -113,6 +114,23 @@ def test_mixed_versions_refused_unless_allowed(store: Path) -> None:
         select_records(read_records(store), suite="fixture")
     recs = select_records(read_records(store), suite="fixture", allow_mixed_versions=True)
     assert "protocol version 1.0, 2.0" in render(build_leaderboard(recs), "md")
+
+
+def test_two_runs_of_one_seed_are_not_averaged_as_two_seeds(store: Path) -> None:
+    # The same suite rerun with a changed hyperparameter: new run ids, same seeds.
+    for rec in fixture_records()[:2]:
+        append_record(store, {**rec, "run_id": rec["run_id"] + "-lr2",
+                              "metrics": {**rec["metrics"], "mIoU": 0.0}})
+    with pytest.raises(ConflictingRecordsError, match=r"mae-T soda fine_tune seed 0: runs "
+                       r"mae-tiny-fine_tune-soda-0 \(suite fixture\) and "
+                       r"mae-tiny-fine_tune-soda-0-lr2"):
+        select_records(read_records(store), suite="fixture")
+    # Selecting the runs of one configuration (what --suite <file> does) is fine.
+    ids = {r["run_id"] for r in fixture_records()}
+    recs = select_records(read_records(store), suite="fixture", run_ids=ids)
+    rows = {r.label: r for r in build_leaderboard(recs).rows}
+    cell = rows["mae-T"].cells["fine_tune:soda"]
+    assert (cell.mean, cell.n) == (40.0, 1)
 
 
 def test_reference_columns_only_for_the_papers_datasets(store: Path) -> None:
