@@ -76,7 +76,7 @@ def resolved_settings(suite: Suite, mi: int, di: int, protocol: str) -> Any:
 def _settings_problems(suite: Suite, mi: int, di: int, protocol: str) -> list[SuiteProblem]:
     layers = _override_layers(suite, mi, di, protocol)
     try:
-        resolved_settings(suite, mi, di, protocol)
+        settings = resolved_settings(suite, mi, di, protocol)
     except ValidationError as exc:
         out = []
         for err in exc.errors():
@@ -90,7 +90,46 @@ def _settings_problems(suite: Suite, mi: int, di: int, protocol: str) -> list[Su
         return out
     except ValueError as exc:
         return [suite.problem(("datasets", di), str(exc))]
-    return []
+    return _block_problems(suite, mi, protocol, layers, settings)
+
+
+def _model_depth(suite: Suite, mi: int) -> int | None:
+    """Blocks of model ``mi`` as the suite gives them (``options.depth`` or its size);
+    None where the checkpoint decides (a Hugging Face export folder)."""
+    from bench.adapter import VIT_SIZES, canonical_size
+
+    m = suite.spec.models[mi]
+    if m.checkpoint and Path(m.checkpoint).expanduser().is_dir():
+        return None
+    if m.options.get("depth") is not None:
+        return int(m.options["depth"])
+    return VIT_SIZES[canonical_size(m.size)]["depth"]
+
+
+def _block_problems(
+    suite: Suite, mi: int, protocol: str, layers: list[tuple[tuple, dict]], settings: Any
+) -> list[SuiteProblem]:
+    """Blocks read (``layers``) that the model does not have: every run would fail."""
+    blocks = settings.layers
+    if blocks == "all" or (protocol == "fine_tune" and settings.neck != "multilevel"):
+        return []  # LL-FPN and plug-in necks choose their own blocks
+    depth = _model_depth(suite, mi)
+    bad = [i for i in blocks if depth is not None and not -depth <= i < depth]
+    if not bad:
+        return []
+    m = suite.spec.models[mi]
+    where: tuple = ("models", mi) + (
+        ("options", "depth") if m.options.get("depth") is not None else ("size",)
+    )
+    for path, values in layers:
+        if "layers" in (values or {}):
+            where = path + ("layers",)
+    return [suite.problem(
+        where,
+        f"blocks {bad} of {list(blocks)} are out of range for models[{mi}] "
+        f"({m.label}-{m.size}: {depth} blocks, zero-based); set {protocol}.layers "
+        f"to blocks below {depth}",
+    )]
 
 
 def check_semantics(suite: Suite) -> list[SuiteProblem]:

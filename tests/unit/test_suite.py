@@ -201,3 +201,19 @@ def test_merge_keys_may_be_overridden_and_keep_their_lines(tmp_path: Path) -> No
     assert suite.protocol_settings("linear_probe") == {"iters": 20, "warmup_iters": 2}
     assert suite.locate(("protocols", "linear_probe", "iters")) == (str(p), 17)
     assert suite.locate(("protocols", "linear_probe", "warmup_iters")) == (str(p), 14)
+
+
+def test_blocks_the_model_lacks_are_an_error_before_any_run(tmp_path: Path) -> None:
+    # The paper's blocks [3, 5, 7, 11] on a 4-block test model: blamed on its depth.
+    text = VALID.replace("{adapter: mae, size: T}", "{adapter: mae, size: T, options: {depth: 4}}")
+    msgs = problems(write(tmp_path, text))
+    assert len(msgs) == 2  # fine_tune (multilevel neck) and linear_probe, not unip's LL-FPN
+    assert all(":4: models[0].options.depth: blocks [5, 7, 11] of [3, 5, 7, 11] are out of "
+               "range" in m for m in msgs)
+    # Blocks the suite sets are blamed on that line; blocks within range are fine.
+    text = text.replace("linear_probe:\n", "linear_probe: {layers: [0, 1, 2, 4]}\n")
+    text = text.replace("warmup_iters: 2}", "warmup_iters: 2, layers: [0, 1, 2, -1]}")
+    (msg,) = problems(write(tmp_path, text))
+    assert ":13: protocols.linear_probe.layers: blocks [4] of [0, 1, 2, 4]" in msg
+    # ViT-L reads [7, 11, 15, 23] by default: in range for 24 blocks.
+    load_suite(write(tmp_path, VALID.replace("{adapter: mae, size: T}", "{adapter: mae, size: L}")))
