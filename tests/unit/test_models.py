@@ -153,3 +153,21 @@ def test_summed_probe_losses_train_each_head_as_if_alone(backbone):
         assert torch.allclose(head.conv_seg.weight.grad, together[k], atol=1e-6)
     with torch.no_grad():
         assert probe.eval()(img).shape == (2, 15, 64, 64)  # 3 heads x 5 classes
+
+
+def test_probe_reads_blocks_without_the_final_norm_into_one_4d_conv(backbone):
+    # The paper's linear probe: blocks' raw outputs (no final LayerNorm, even for the last
+    # block), concatenated to 4·D channels, then a single 1x1 conv (no BN by default).
+    probe = build_probe(backbone, [0, 1, 2, 3], inputs=[[0, 1, 2, 3]], num_classes=5).eval()
+    head = probe.heads.heads[0]
+    assert isinstance(head.norm, nn.Identity)
+    assert [type(m) for m in head.modules() if not isinstance(m, nn.Identity)] == [
+        LinearHead, nn.Conv2d]
+    assert (head.conv_seg.in_channels, head.conv_seg.kernel_size) == (4 * 192, (1, 1))
+    img = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got = probe.features(img)
+        raw = backbone.features(img, [0, 1, 2, 3], norm=False)
+        normed = backbone.features(img, [3], norm=True)[0]
+    assert all(torch.equal(g, r) for g, r in zip(got, raw, strict=True))
+    assert not torch.allclose(got[3], normed, atol=1e-3)
