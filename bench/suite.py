@@ -7,6 +7,7 @@ beyond the YAML files themselves; :mod:`bench.suite_check` does the rest.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -248,6 +249,15 @@ def _fields_at(cls: Any, loc: Sequence[str | int]) -> list[str]:
     return []
 
 
+def literal_hint(err: Any) -> str:
+    """' Did you mean ...?' for a pydantic literal error on a misspelt string, else ''."""
+    if err.get("type") != "literal_error" or not isinstance(err.get("input"), str):
+        return ""
+    choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+    hint = did_you_mean(err["input"], choices) if choices else ""
+    return f".{hint}" if hint else ""
+
+
 def _schema_problems(exc: ValidationError, sources: list[YamlSource]) -> list[SuiteProblem]:
     problems = []
     for err in exc.errors():
@@ -258,7 +268,7 @@ def _schema_problems(exc: ValidationError, sources: list[YamlSource]) -> list[Su
         elif err["type"] == "missing":
             msg = f"missing required key {loc[-1]!r}"
         else:
-            msg = f"{err['msg']} (got {err.get('input')!r})"
+            msg = f"{err['msg']} (got {err.get('input')!r})" + literal_hint(err)
         file, line = locate(sources, loc)
         problems.append(SuiteProblem(file, line, format_path(loc), msg))
     return problems

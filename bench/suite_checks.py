@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bench.registry import did_you_mean
-from bench.suite import Suite, SuiteProblem
+from bench.suite import Suite, SuiteProblem, literal_hint
 
 
 def _known_datasets() -> list[str]:
@@ -86,7 +86,8 @@ def _settings_problems(suite: Suite, mi: int, di: int, protocol: str) -> list[Su
             for path, values in layers:
                 if field in (values or {}):
                     where = path + (field,)
-            out.append(suite.problem(where, f"{err['msg']}"))
+            got = f" (got {err['input']!r})" if err["type"] == "literal_error" else ""
+            out.append(suite.problem(where, f"{err['msg']}{got}" + literal_hint(err)))
         return out
     except ValueError as exc:
         return [suite.problem(("datasets", di), str(exc))]

@@ -217,3 +217,13 @@ def test_blocks_the_model_lacks_are_an_error_before_any_run(tmp_path: Path) -> N
     assert ":13: protocols.linear_probe.layers: blocks [4] of [0, 1, 2, 4]" in msg
     # ViT-L reads [7, 11, 15, 23] by default: in range for 24 blocks.
     load_suite(write(tmp_path, VALID.replace("{adapter: mae, size: T}", "{adapter: mae, size: L}")))
+
+
+def test_misspelt_choice_gets_a_suggestion(tmp_path: Path) -> None:
+    (msg,) = problems(write(tmp_path, VALID + "executor: {kind: slurn}\n"))
+    assert ":15: executor.kind: Input should be 'inline', 'local' or 'slurm' (got 'slurn')." \
+        " Did you mean 'slurm'?" in msg
+    text = VALID.replace("warmup_iters: 2}", "warmup_iters: 2, inference: slid}")
+    (msg,) = problems(write(tmp_path, text))
+    assert ":12: protocols.fine_tune.inference: Input should be 'slide' or 'whole' " \
+        "(got 'slid'). Did you mean 'slide'?" in msg
