@@ -46,19 +46,30 @@ def replace_last_attention(vit: nn.Module, heads: int) -> nn.Module:
     return vit
 
 
+def _positive_heads(value: Any) -> int:
+    """``last_heads`` as given (``--option last_heads=16`` passes a string) or an error."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    if not isinstance(text, int) or isinstance(text, bool) or text <= 0:
+        raise AdapterError(f"last_heads={value!r} is not a positive whole number of heads")
+    return text
+
+
 class UnipAdapter(Adapter):
     def customise(self, vit: nn.Module, context: dict) -> nn.Module:
         given = context.get("last_heads")
         stored = _metadata_heads(context.get("raw"))
-        if given is not None and stored is not None and int(given) != stored:
+        if given is not None and stored is not None and _positive_heads(given) != stored:
             raise AdapterError(
-                f"last_heads={given} contradicts the checkpoint's metadata "
+                f"last_heads={given} contradicts the metadata of {context.get('source', '')} "
                 f"({UNIP_META_KEY}.last_heads={stored})"
             )
-        heads = given if given is not None else stored
+        heads = _positive_heads(given) if given is not None else stored
         if heads is None and "raw" in context:
             raise AdapterError(
-                "UNIP checkpoint has no 'unip.last_heads' metadata and no last_heads= was "
+                f"UNIP checkpoint {context.get('source', '')} has no 'unip.last_heads' "
+                "metadata and no last_heads= was "
                 "given: the last block's head count (the teacher layer's, e.g. 16 for a "
                 "ViT-L teacher) cannot be inferred from the weights. Pass last_heads=H."
             )

@@ -250,6 +250,13 @@ def _geometry_hint(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str
     return "; ".join(hints)
 
 
+def _shape_fits(key: str, got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal shapes; the position table only needs its layout and width (it is resampled)."""
+    if key == "pos_embed":
+        return got.ndim == 3 and got.shape[0] == 1 and got.shape[-1] == want.shape[-1]
+    return tuple(got.shape) == tuple(want.shape)
+
+
 def check_keys(
     adapter: str,
     fmt: str,
@@ -269,9 +276,7 @@ def check_keys(
     shape_bad = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in sorted(set(expected) & set(state))
-        if isinstance(state[k], torch.Tensor)
-        and k != "pos_embed"  # resampled separately
-        and tuple(state[k].shape) != tuple(expected[k].shape)
+        if isinstance(state[k], torch.Tensor) and not _shape_fits(k, state[k], expected[k])
     ]
     common = set(expected) & set(state)
     not_tensor = sorted(k for k in common if not isinstance(state[k], torch.Tensor))
@@ -308,7 +313,10 @@ def resample_pos_embed(
     n = table.shape[1]
     side = int(round(n**0.5))
     if side * side != n:
-        raise AdapterError(f"position table of {n} entries is not a square grid")
+        raise AdapterError(
+            f"pos_embed holds {n} patch entries after {num_prefix_tokens} prefix token(s), "
+            "which is not a square grid"
+        )
     if (side, side) == tuple(grid):
         return pos_embed
     d = table.shape[-1]
@@ -430,6 +438,7 @@ def load_backbone(
     raw, file_meta = read_checkpoint(path)
     fmt = adapter.format(format) if format else adapter.choose_format(raw, path.is_dir())
     context["file_metadata"] = file_meta
+    context["source"] = str(checkpoint)
     context["raw"] = raw
     meta.checkpoint = str(checkpoint)
     meta.checkpoint_sha256 = digest
@@ -452,7 +461,13 @@ def load_backbone(
         n_prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
         side = int(round((ckpt_pos.shape[1] - n_prefix) ** 0.5))
         meta.pretrain_img_size = side * vit.patch_embed.patch_size[0]
-        state["pos_embed"] = resample_pos_embed(ckpt_pos, vit.patch_embed.grid_size, n_prefix)
+        try:
+            state["pos_embed"] = resample_pos_embed(ckpt_pos, vit.patch_embed.grid_size, n_prefix)
+        except AdapterError as exc:
+            raise AdapterError(
+                f"checkpoint {checkpoint} does not fit adapter {adapter.name!r} "
+                f"(format {fmt.name!r}): {exc}"
+            ) from None
     _assign_state(vit, state)
     meta.extra.update(context.get("meta_extra", {}))
     return Backbone(vit, meta, mean=adapter.mean, std=adapter.std)

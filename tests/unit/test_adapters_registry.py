@@ -147,8 +147,48 @@ def test_checkpoint_of_other_depth_reports_missing_blocks(tmp_path) -> None:
 
 def test_unip_without_metadata_or_last_heads_fails_clearly(tmp_path) -> None:
     torch.save(tiny_state(), tmp_path / "unip_flat.pth")
-    with pytest.raises(AdapterError, match=r"no 'unip.last_heads' metadata.*last_heads="):
+    with pytest.raises(
+        AdapterError, match=r"unip_flat\.pth has no 'unip.last_heads' metadata.*last_heads="
+    ):
         load_backbone("unip", "tiny", tmp_path / "unip_flat.pth", depth=2, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("last_heads", [0, -4, "abc", 2.5, True])
+def test_unip_bad_last_heads_is_explained(tmp_path, last_heads) -> None:
+    torch.save(tiny_state(), tmp_path / "unip_flat.pth")
+    with pytest.raises(AdapterError, match=r"last_heads=.* is not a positive whole number"):
+        load_backbone(
+            "unip", "tiny", tmp_path / "unip_flat.pth", depth=2, last_heads=last_heads,
+            cache_dir=tmp_path,
+        )  # fmt: skip
+
+
+def test_unip_last_heads_as_a_cli_string_is_read() -> None:
+    bb = load_backbone("unip", "tiny", None, depth=2, last_heads="16")
+    assert bb.num_heads == [3, 16]
+
+
+@pytest.mark.parametrize(
+    "table,why",
+    [
+        (
+            torch.zeros(1, 197, 100),
+            r"pos_embed: checkpoint \(1, 197, 100\) vs model \(1, 197, 192\)",
+        ),
+        (torch.zeros(197, 192), r"pos_embed: checkpoint \(197, 192\) vs model \(1, 197, 192\)"),
+        (torch.zeros(1, 150, 192), r"pos_embed holds 149 patch entries .* not a square grid"),
+    ],
+    ids=["width", "no-batch-dim", "not-square"],
+)
+def test_bad_position_table_names_the_file_and_key(tmp_path, table, why) -> None:
+    """A table of another width once escaped as a RuntimeError from load_state_dict."""
+    state = tiny_state()
+    state["pos_embed"] = table
+    torch.save({"model": state}, tmp_path / "pos.pth")
+    with pytest.raises(
+        AdapterError, match=r"checkpoint .*pos\.pth does not fit adapter 'mae'.*" + why
+    ):
+        load_backbone("mae", "tiny", tmp_path / "pos.pth", depth=2, cache_dir=tmp_path)
 
 
 def test_unip_last_heads_contradicting_metadata_fails(tmp_path) -> None:
