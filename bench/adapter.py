@@ -437,6 +437,12 @@ def load_backbone(
     path, digest = resolve_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
     raw, file_meta = read_checkpoint(path)
     fmt = adapter.format(format) if format else adapter.choose_format(raw, path.is_dir())
+    if fmt.directory != path.is_dir():
+        wants = "a Hugging Face export folder" if fmt.directory else "a checkpoint file"
+        raise AdapterError(
+            f"format {fmt.name!r} of adapter {adapter.name!r} reads {wants}, but {checkpoint} "
+            f"is {'a folder' if path.is_dir() else 'a file'}"
+        )
     context["file_metadata"] = file_meta
     context["source"] = str(checkpoint)
     context["raw"] = raw

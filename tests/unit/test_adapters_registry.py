@@ -46,6 +46,14 @@ def test_unknown_format_name_lists_the_declared_ones(tmp_path) -> None:
         )
 
 
+def test_folder_format_forced_on_a_file_is_explained(tmp_path) -> None:
+    """``format="hf"`` on a .pth once failed with KeyError: 'model_type'."""
+    torch.save({"model": tiny_state()}, tmp_path / "m.pth")
+    with pytest.raises(AdapterError, match=r"format 'hf' of adapter 'mae' reads a Hugging Face "
+                       r"export folder, but .*m\.pth is a file"):  # fmt: skip
+        load_backbone("mae", "tiny", tmp_path / "m.pth", format="hf", depth=2, cache_dir=tmp_path)
+
+
 def test_all_built_in_adapters_are_registered() -> None:
     assert set(list_adapters()) >= BUILT_IN
 
