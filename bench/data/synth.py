@@ -16,6 +16,8 @@ from bench.data.lookup import get_dataset_info
 from bench.data.spec import DatasetError, DatasetInfo, Layout
 from bench.data.synth_scene import Scene, SceneComposer, name_hash, role_of
 
+# Far beyond any published dataset; a typo such as --size 100000 would ask for GBs per image.
+MAX_SIDE = 4096
 # Temperature (0 cold .. 1 hot, white-hot) of each role.
 IR_TEMPERATURE = {
     "sky": 0.10, "fill": 0.40, "ground": 0.46, "strip": 0.57, "building": 0.50,
@@ -273,8 +275,10 @@ def synthesize(
     info = get_dataset_info(like)
     lay = info.layout(layout) if layout else info.layouts[0]
     hw = (size, round(size * 4 / 3)) if isinstance(size, int) else tuple(size)
-    if min(hw) < 16:
-        raise DatasetError(f"synthetic images must be at least 16 pixels a side, not {hw}")
+    if min(hw) < 16 or max(hw) > MAX_SIDE:
+        raise DatasetError(
+            f"synthetic images must be 16 to {MAX_SIDE} pixels a side, not {hw} (height, width)"
+        )
     if train < 1 or test < 1:
         raise DatasetError("synthetic splits need at least one image each")
     root = Path(root).expanduser()

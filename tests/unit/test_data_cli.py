@@ -80,3 +80,12 @@ def test_list(capsys) -> None:
     assert main(["data", "list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["ade20k"]["num_classes"] == 150 and rows["ade20k"]["reduce_zero_label"]
+
+
+@pytest.mark.parametrize("size", ["8", "100000"])
+def test_synth_size_out_of_bounds_is_a_user_error(tmp_path: Path, capsys, size: str) -> None:
+    """--size 100000 once tried to allocate 25 GiB and died with a numpy traceback."""
+    root = tmp_path / "s"
+    assert main(["data", "synth", "--like", "soda", "--root", str(root), "--size", size]) == 2
+    assert "must be 16 to 4096 pixels a side" in capsys.readouterr().err
+    assert not root.exists()
