@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from torch import nn
 
 from bench.adapter import canonical_size, load_backbone
 from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
-from bench.protocols.optim import build_adamw, param_groups
+from bench.protocols.optim import build_adamw
 from bench.protocols.schedules import warmup_cosine
 from bench.protocols.state import (
     atomic_save,
@@ -121,6 +121,25 @@ class Distiller:
         return total / n
 
 
+def distill_param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+) -> list[dict]:
+    """AdamW groups as in the UNIP release (timm's ``param_groups_weight_decay``): biases
+    and 1-D tensors (norms) without weight decay; every other trained tensor, the CLS token
+    included, with it. Frozen parameters (position table, unreached last-block parts) are
+    left out. ``names`` lists each group's parameter names (``build_adamw`` drops it)."""
+    groups = [
+        {"params": [], "names": [], "lr": lr, "weight_decay": 0.0},
+        {"params": [], "names": [], "lr": lr, "weight_decay": weight_decay},
+    ]
+    for name, p in named_params:
+        if p.requires_grad:
+            g = groups[0] if p.ndim <= 1 or name.endswith(".bias") else groups[1]
+            g["params"].append(p)
+            g["names"].append(name)
+    return groups
+
+
 def resolve_mixed_precision(choice: str) -> str:
     """``auto``: bf16 where the GPU has it, fp16 on other GPUs, full precision on CPU."""
     if choice != "auto":
@@ -148,7 +167,8 @@ def choose_teacher_layer(
     if cfg.teacher.layer is not None:
         if cfg.teacher.layer > teacher.depth:
             raise ValueError(
-                f"teacher.layer {cfg.teacher.layer} is beyond the teacher's {teacher.depth} blocks"
+                f"{cfg.where('teacher.layer')}: teacher.layer {cfg.teacher.layer} is beyond "
+                f"the teacher's {teacher.depth} blocks"
             )
         return cfg.teacher.layer
     sample = spread_sample(images, cfg.teacher.nmi_images)
@@ -271,8 +291,8 @@ def distill(
     o = cfg.optim
     if o.batch_size % (acc.num_processes * o.accum_steps):
         raise ValueError(
-            f"optim.batch_size {o.batch_size} is not divisible by {acc.num_processes} "
-            f"process(es) x optim.accum_steps {o.accum_steps}"
+            f"{cfg.where('optim.batch_size')}: optim.batch_size {o.batch_size} is not divisible "
+            f"by {acc.num_processes} process(es) x optim.accum_steps {o.accum_steps}"
         )
     micro = o.batch_size // (acc.num_processes * o.accum_steps)
 
@@ -288,17 +308,18 @@ def distill(
             )
 
     set_seed(cfg.seed)
-    images = training_images(cfg.data.path)
+    try:
+        images = training_images(cfg.data.path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise type(exc)(f"{cfg.where('data.path')}: data.path: {exc}") from None
     if len(images) < o.batch_size:
         raise ValueError(
-            f"{cfg.data.path} holds {len(images)} images, fewer than one batch ({o.batch_size})"
+            f"{cfg.where('optim.batch_size')}: optim.batch_size {o.batch_size} is more than the "
+            f"{len(images)} images under data.path {cfg.data.path}"
         )
     data_id = fingerprint(images)
     if state is not None and state["data_fingerprint"] != data_id:
         raise ValueError(f"the images under {cfg.data.path} changed since {ckpt_path} was written")
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-
     teacher_bb = load_teacher_backbone(cfg)
     teacher_depth = teacher_bb.depth
     if state is not None:
@@ -308,13 +329,15 @@ def distill(
         if acc.num_processes > 1:
             layer = broadcast_object_list([layer])[0]
     heads = teacher_bb.num_heads[layer - 1]
+    if acc.is_main_process:  # only now: a refused config leaves no empty output folder
+        out.mkdir(parents=True, exist_ok=True)
     teacher = AttentionTeacher(teacher_bb, layer).to(acc.device)
     student = build_student(
         cfg.student.size, heads, cfg.data.img_size, cfg.student.depth, cfg.student.drop_path
     )
 
     lr = o.effective_lr
-    groups = param_groups(student.named_parameters(), lr, o.weight_decay)
+    groups = distill_param_groups(student.named_parameters(), lr, o.weight_decay)
     optimizer = build_adamw(groups, lr, betas=o.betas)
     steps_per_epoch = len(images) // o.batch_size
     total_steps = o.epochs * steps_per_epoch

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from unip.nmi import NMI_TARGET
 
@@ -48,14 +55,21 @@ class DataConfig(_Strict):
     hflip: bool = True
     num_workers: int = Field(8, ge=0)
 
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if self.img_size % 16:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of the patch size 16")
-        lo, hi = self.scale
+    # Field-level checks, so that an error names the key (data.img_size), not the section.
+    @field_validator("img_size")
+    @classmethod
+    def _patch_multiple(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"img_size {v} is not a multiple of the patch size 16")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale}")
-        return self
+            raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {v}")
+        return v
 
 
 class OptimConfig(_Strict):
@@ -85,6 +99,14 @@ class DistillConfig(_Strict):
     log_every: int = Field(20, ge=1)
     resume: bool = True
     progress: bool = True
+
+    # Where the settings came from, for error messages: the YAML file, and the --set keys.
+    _source: str = PrivateAttr("config")
+    _overridden: frozenset[str] = PrivateAttr(frozenset())
+
+    def where(self, key: str) -> str:
+        """``--set`` when ``key`` (dotted) was overridden, else the config file's path."""
+        return "--set" if key in self._overridden else self._source
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -133,9 +155,30 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Distill
         raise ValueError(f"{path}: expected a mapping of settings at the top level")
     overridden = apply_overrides(raw, list(overrides or []))
     try:
-        return DistillConfig.model_validate(raw)
+        cfg = DistillConfig.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(_describe_errors(exc, str(path), overridden)) from None
+    cfg._source, cfg._overridden = str(path), frozenset(overridden)
+    _check_teacher(cfg)
+    return cfg
+
+
+def _check_teacher(cfg: DistillConfig) -> None:
+    """What the schema cannot see: a known adapter and size, a layer within ``depth``."""
+    from bench.adapter import AdapterError, canonical_size, get_adapter
+
+    t = cfg.teacher
+    for key, check in (("adapter", get_adapter), ("size", canonical_size)):
+        try:
+            check(getattr(t, key))
+        except AdapterError as exc:
+            raise ValueError(f"{cfg.where('teacher.' + key)}: teacher.{key}: {exc}") from None
+    if t.layer is not None and t.depth is not None and t.layer > t.depth:
+        key = "teacher.layer" if "teacher.layer" in cfg._overridden else "teacher.depth"
+        raise ValueError(
+            f"{cfg.where(key)}: teacher.layer {t.layer} is beyond the teacher's "
+            f"{t.depth} blocks (teacher.depth)"
+        )
 
 
 def recipe_differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from PIL import Image
 from bench.adapter import load_backbone
 from bench.backbone import INFRARED_MEAN
 from bench.cli import main
-from unip.distill import StepInfo, attention_kl, distill
+from unip.distill import StepInfo, attention_kl, distill, distill_param_groups
 from unip.distill_config import load_config
 from unip.images import ImageListDataset, find_images, resize_centre_crop
 from unip.student import build_student
@@ -247,3 +248,66 @@ def test_example_configs_mirror_the_released_recipes() -> None:
         assert (cfg.data.img_size, cfg.data.scale, cfg.student.drop_path) == (224, (0.2, 1.0), 0.1)
     tiny = load_config(configs / "tiny-synthetic.yaml")
     assert tiny.teacher.layer is None and tiny.teacher.checkpoint is None
+
+
+def test_optimiser_and_schedule_follow_the_recipe(workspace: Path) -> None:
+    """lr = 1.5e-4 x batch / 256, AdamW (0.9, 0.95), linear warm-up then cosine to 0 per
+    iteration, weight decay on weights and the CLS token but not on biases and norms."""
+    seen: list[StepInfo] = []
+    cfg = load_config(
+        write_config(workspace, "run_recipe", optim__epochs=3), ["optim.lr=null"]
+    )  # 16 images, batch 4: 4 steps an epoch, 1 epoch of warm-up
+    distill(cfg, [seen.append])
+    peak = 1.5e-4 * 4 / 256
+    total, warmup = 12, 4
+    want = [peak * i / warmup for i in range(warmup)] + [
+        peak * 0.5 * (1 + math.cos(math.pi * (i - warmup) / (total - warmup)))
+        for i in range(warmup, total)
+    ]
+    assert [s.lr for s in seen] == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+    state = torch.load(workspace / "run_recipe" / "checkpoint.pth", weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    assert all(tuple(g["betas"]) == (0.9, 0.95) for g in groups)
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.05]
+
+    student = build_student("T", 6, IMG, depth=2)
+    no_decay, decay = distill_param_groups(student.vit.named_parameters(), 1.0, 0.05)
+    assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.05)
+    assert "cls_token" in decay["names"] and "blocks.0.attn.qkv.weight" in decay["names"]
+    assert "patch_embed.proj.weight" in decay["names"]
+    assert all(n.endswith(".bias") or "norm" in n for n in no_decay["names"])
+    assert {"blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"} <= set(no_decay["names"])
+    trained = {n for n, p in student.vit.named_parameters() if p.requires_grad}
+    assert set(decay["names"]) | set(no_decay["names"]) == trained
+    assert "pos_embed" not in trained  # fixed sin-cos table
+
+
+def test_run_time_errors_name_the_source_and_key(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    good = write_config(workspace, "run_errors")
+    out = workspace / "run_errors"
+    # Teacher layer beyond the teacher's blocks: in the file, and through --set.
+    deep = write_config(
+        workspace, "run_deep", teacher__checkpoint=None, teacher__depth=None, teacher__layer=13
+    )  # a random 12-block ViT-S: the depth is only known once it is built
+    with pytest.raises(ValueError, match=r"run_deep.yaml: teacher.layer 13 is beyond .* 12 blocks"):
+        distill(load_config(deep))
+    with pytest.raises(ValueError, match=r"^--set: teacher.layer 5 is beyond"):
+        load_config(good, ["teacher.layer=5"])
+    # A model-level check reached through --set is blamed on --set, with its key.
+    with pytest.raises(ValueError, match=r"^--set: data.img_size: .*multiple of the patch size"):
+        load_config(good, ["data.img_size=40"])
+    with pytest.raises(ValueError, match=r"^--set: teacher.adapter: unknown adapter"):
+        load_config(good, ["teacher.adapter=maee"])
+    # A folder with no images, and too few images for a batch.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"^--set: data.path: no images .* under .*empty"):
+        distill(load_config(good, [f"data.path={tmp_path / 'empty'}"]))
+    with pytest.raises(ValueError, match=r"^--set: optim.batch_size 64 is more than the 16"):
+        distill(load_config(good, ["optim.batch_size=64"]))
+    assert not out.exists() and not (workspace / "run_deep").exists()  # nothing written
+    assert main(["distill", str(good), "--set", "teacher.layer=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--set: teacher.layer" in err
