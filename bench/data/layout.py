@@ -63,7 +63,8 @@ def resolve_layout(
     """
     given = Path(root).expanduser()
     if not given.is_dir():
-        raise DatasetError(f"{info.name}: dataset folder {given} does not exist")
+        what = "is a file, not a folder" if given.exists() else "does not exist"
+        raise DatasetError(f"{info.name}: dataset folder {given} {what}")
     candidates = [info.layout(layout)] if layout else list(info.layouts)
     found: list[tuple[Layout, Path]] = []
     for lay in candidates:

@@ -105,6 +105,9 @@ def test_no_matching_layout_says_what_was_expected(tmp_path: Path) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=f"dataset folder {tmp_path / 'nope'} does not exist"):
         build_dataset("soda", tmp_path / "nope", "train")
+    (tmp_path / "soda.zip").write_bytes(b"PK")  # the archive handed instead of its folder
+    with pytest.raises(DatasetError, match=r"soda\.zip is a file, not a folder"):
+        build_dataset("soda", tmp_path / "soda.zip", "train")
 
 
 def test_missing_split_file_and_unknown_split(tmp_path: Path) -> None:
