@@ -61,7 +61,9 @@ def read_label(path: str | Path) -> np.ndarray:
         return np.array(img, dtype=np.uint8)
     arr = np.asarray(img)
     if arr.ndim == 3:
-        if not (arr[:, :, :3] == arr[:, :, :1]).all():
+        # Alpha is not a colour: a grey+alpha (LA) label is a grey label.
+        colour = arr[:, :, :1] if img.mode in ("LA", "La") else arr[:, :, :3]
+        if not (colour == arr[:, :, :1]).all():
             raise DatasetError(
                 f"label {path} is a colour image ({img.mode}); expected a single-channel "
                 "or palette PNG whose pixel values are class ids"

@@ -190,3 +190,10 @@ def test_fingerprint_follows_files_and_sizes(tmp_path: Path) -> None:
     with open(copy / "JPEGImages" / "train_00000.jpg", "ab") as f:
         f.write(b"\0")
     assert dataset_fingerprint("soda", copy, "train") != fp
+
+
+def test_grey_label_with_alpha_is_read_as_grey(tmp_path: Path) -> None:
+    """An LA label once failed as 'a colour image': its alpha was compared to its grey."""
+    grey = np.array([[0, 3], [20, 255]], np.uint8)
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(tmp_path / "l.png")
+    np.testing.assert_array_equal(read_label(tmp_path / "l.png"), grey)
