@@ -168,7 +168,8 @@ def analysis_table(analysis: AttentionAnalysis) -> str:
         for s, h, p in zip(analysis.layers, analysis.heads, analysis.patterns, strict=True)
     ]
     headers = ["layer", "heads", "NMI", "std", "head std", "image std", "range", "pattern", ""]
-    return tabulate(rows, headers=headers, tablefmt="github")
+    # Keep the 4-decimal strings as written (tabulate would print 0.0010 as 0.001).
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def default_query_tokens(grid: tuple[int, int]) -> list[int]:

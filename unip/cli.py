@@ -45,6 +45,13 @@ def _analyze_attention(args: argparse.Namespace) -> int:
         f"\nlayer closest to NMI {a.target:g}: {a.teacher_layer} "
         f"(NMI {a.layers[a.teacher_layer - 1].mean:.4f}, {a.heads[a.teacher_layer - 1]} heads)"
     )
+    chosen = a.patterns[a.teacher_layer - 1]
+    if chosen != "hybrid":
+        print(
+            f"warning: no layer is hybrid; the closest one to the target is {chosen} "
+            f"(NMI {a.layers[a.teacher_layer - 1].mean:.4f} vs {a.target:g}): not a good "
+            "NMI-HAD teacher layer (random weights, wrong normalisation or too few images?)"
+        )
     print(f"wrote {res.json_path}, {res.plot_path}" + "".join(f", {p}" for p in res.map_paths))
     return 0
 

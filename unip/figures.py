@@ -24,8 +24,14 @@ def plot_nmi(analysis: AttentionAnalysis, path: str | Path, title: str = "") -> 
     means = [s.mean for s in analysis.layers]
     stds = [s.std for s in analysis.layers]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(ids) + 2.5), 3.6), dpi=120)
-    ax.axhspan(analysis.global_threshold, analysis.local_threshold, color="0.93", zorder=0)
-    ax.errorbar(ids, means, yerr=stds, color="0.4", lw=1, capsize=2, zorder=1)
+    ax.axhspan(
+        analysis.global_threshold,
+        analysis.local_threshold,
+        color="0.93",
+        zorder=0,
+        label=f"hybrid band ({analysis.global_threshold:g}-{analysis.local_threshold:g})",
+    )
+    ax.errorbar(ids, means, yerr=stds, color="0.4", lw=1, capsize=2, zorder=1, label="mean ± std")
     for pattern, colour in PATTERN_COLOURS.items():
         pts = [
             (i, m) for i, m, p in zip(ids, means, analysis.patterns, strict=True) if p == pattern
@@ -69,7 +75,9 @@ def plot_query_maps(
     """A layers x queries grid of attention maps over the (de-normalised, grey) image.
 
     ``maps`` is ``layers x queries x gh x gw`` (from ``query_attention_maps``); the query
-    patch is outlined in each panel.
+    patch is outlined in each panel. Each panel's colours run from 0 to its own maximum,
+    which is printed in the panel as a multiple of uniform attention (1 / patches): a flat
+    map reads ``max 1.1x``, a peaked one ``max 30x``.
     """
     path = Path(path)
     h, w = image.shape[-2:]
@@ -87,12 +95,24 @@ def plot_query_maps(
         dpi=120,
     )
     ph, pw = h / gh, w / gw
+    uniform = 1.0 / (gh * gw)
+    shown = None
     for r, layer in enumerate(layers):
         for c, q in enumerate(queries):
             ax = axes[r][c]
             ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
             a = up[r, c]
-            ax.imshow((a / a.max().clamp_min(1e-12)).numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            peak = float(a.max())
+            shown = ax.imshow((a / max(peak, 1e-12)).numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.text(
+                0.03,
+                0.03,
+                f"max {peak / uniform:.1f}x",
+                transform=ax.transAxes,
+                fontsize=7,
+                color="w",
+                bbox={"facecolor": "k", "alpha": 0.5, "pad": 1, "lw": 0},
+            )
             qr, qc = divmod(q, gw)
             ax.add_patch(plt.Rectangle((qc * pw, qr * ph), pw, ph, fill=False, ec="w", lw=1.5))
             ax.set_xticks([])
@@ -104,6 +124,10 @@ def plot_query_maps(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=axes, shrink=0.6, pad=0.02)
+        bar.set_label("attention / panel max (head mean, CLS dropped)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -125,3 +125,50 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert rc == 2
     assert "layer 3 is outside 1..2" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_cli_warns_when_no_layer_is_hybrid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_images(tmp_path / "imgs", 2)
+    args = ["analyze", "attention", "--adapter", "mae", "--size", "S", "--depth", "2",
+            "--data", str(tmp_path / "imgs"), "--img-size", "32",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    # Random weights: near-uniform attention, every layer global.
+    assert main(args) == 0
+    assert "warning: no layer is hybrid; the closest one to the target is global" in (
+        capsys.readouterr().out
+    )
+    # Thresholds that make the same layers hybrid: no warning.
+    assert main([*args, "--global-threshold", "0", "--local-threshold", "1"]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_query_map_figure_states_each_panel_peak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.axes
+
+    from unip.figures import plot_query_maps
+
+    flat = torch.full((1, 2, 4, 4), 1 / 16)
+    flat[0, 1, 0, 0] = 0.5  # the second panel peaks at 8x uniform
+    texts: list[str] = []
+    original = matplotlib.axes.Axes.text
+
+    def spy(self, x, y, s, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        texts.append(s)
+        return original(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", spy)
+    out = plot_query_maps(
+        torch.zeros(3, 64, 64), flat, [1], [0, 5], (0.5,) * 3, (0.2,) * 3, tmp_path / "m.png"
+    )
+    assert out.exists()
+    assert texts == ["max 1.0x", "max 8.0x"]
+
+
+def test_table_keeps_four_decimals() -> None:
+    from unip.analysis import AttentionAnalysis, analysis_table
+
+    stats = [summarise_layer(1, torch.tensor([[0.001]])), summarise_layer(2, torch.tensor([[0.5]]))]
+    a = AttentionAnalysis(stats, [6, 6], ["global", "local"], 0.09, 1, 0.15, 0.05, 1, 32, "x")
+    assert "| 0.0010 |" in analysis_table(a)
