@@ -140,14 +140,18 @@ def _infmix_build(args: argparse.Namespace) -> int:
     entries, report = build_infmix(
         args.infrared, args.imagenet, args.coco, args.per_class, args.workers
     )
+    given = [*args.infrared, *(d for d in (args.imagenet, args.coco) if d)]
     if not entries:
-        raise ValueError("no readable images found in the given sources; nothing written")
+        raise ValueError(f"no readable images found in {', '.join(given)}; nothing written")
     out = write_manifest(entries, report, args.out)
     rows = [[src, n] for src, n in report.counts.items()] + [["total", report.total]]
     print(tabulate(rows, headers=["source", "images"], tablefmt="github"))
     print(f"duplicates removed: {len(report.duplicates)}; skipped: {len(report.skipped)}")
     for s in report.skipped:
         print(f"  skipped {s['path']}: {s['reason']}")
+    for src, n in report.counts.items():
+        if n == 0:
+            print(f"warning: source {src} contributed no images (empty folder, or all skipped)")
     print(f"wrote {out} and {summary_path(out)}")
     return 0
 

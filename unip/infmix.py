@@ -67,6 +67,9 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # a header that parses is not enough: truncated files fail here
+    except UnidentifiedImageError:
+        # PIL's message names the in-memory buffer (an address): say it plainly instead.
+        return None, "unreadable image: not in a format PIL recognises"
     except READ_ERRORS as exc:
         return None, f"unreadable image: {type(exc).__name__}: {exc}"
     return hashlib.sha256(data).hexdigest(), None

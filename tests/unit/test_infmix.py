@@ -126,3 +126,24 @@ def test_bad_inputs_name_what_is_wrong(tmp_path: Path) -> None:
     bad.write_text('{"path": "a.png", "source": "x", "sha256": "0"}\n{"path": "b.png"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         read_manifest(bad)
+
+
+def test_empty_sources_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    grey_png(tmp_path / "ir" / "a.png", 5)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.png").write_bytes(b"\x00" * 64)
+    out = tmp_path / "m.jsonl"
+    rc = main(["infmix", "build", "--infrared", str(tmp_path / "empty"), str(tmp_path / "junk"),
+               "--out", str(out), "--workers", "1"])  # fmt: skip
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(tmp_path / "empty") in err and str(tmp_path / "junk") in err
+    rc = main(["infmix", "build", "--infrared", str(tmp_path / "ir"), str(tmp_path / "junk"),
+               "--out", str(out), "--workers", "1"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "warning: source infrared/junk contributed no images" in printed
+    reason = json.loads(summary_path(out).read_text())["skipped"][0]["reason"]
+    assert reason == "unreadable image: not in a format PIL recognises"  # no buffer address
