@@ -100,6 +100,7 @@ ADAPTER = UnipAdapter(
     name="unip",
     description="UNIP: NMI-HAD distilled student (last block with the teacher's heads)",
     formats=(TRAINER, flat_timm("flat student state dict (needs last_heads=)")),
+    extra_options=("last_heads",),
     published_sizes=("tiny", "small", "base"),
     # Students are distilled on infrared-normalised images (InfMix), not ImageNet ones.
     mean=INFRARED_MEAN,

@@ -26,6 +26,29 @@ class AdapterError(ValueError):
     """A checkpoint that does not fit the adapter it was handed to."""
 
 
+# Options every adapter accepts: a shallower ViT (tests, demos) and another patch size.
+COMMON_OPTIONS = ("depth", "patch_size")
+
+
+def check_options(adapter: Adapter, options: dict[str, Any]) -> None:
+    """Refuse option names the adapter does not know and depths that cannot build a ViT."""
+    known = (*COMMON_OPTIONS, *adapter.extra_options)
+    for key in options:
+        if key not in known:
+            raise AdapterError(
+                f"adapter {adapter.name!r} has no option {key!r}; it accepts "
+                f"{', '.join(known)}." + did_you_mean(key, list(known))
+            )
+    for key in ("depth", "patch_size"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AdapterError(
+                f"adapter option {key}={value!r} must be a positive whole number"
+            )
+
+
 # ViT geometry by size (patch 16). Depth 24 for L.
 VIT_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
@@ -133,6 +156,9 @@ class Adapter:
     description: str
     formats: tuple[CheckpointFormat, ...]
     published_sizes: tuple[str, ...] = ("tiny", "small", "base", "large")
+    # Keyword options load_backbone accepts for this method beyond the common ones
+    # (COMMON_OPTIONS); anything else is a typo and refused rather than ignored.
+    extra_options: tuple[str, ...] = ()
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     layer_scale: bool = False  # DeiT III: LayerScale in every block
@@ -418,6 +444,7 @@ def load_backbone(
     from bench.checkpoint import read_checkpoint, resolve_checkpoint
 
     adapter = get_adapter(name)
+    check_options(adapter, options)
     size = canonical_size(size)
     img = as_pair(img_size)
     context: dict[str, Any] = {"adapter": adapter.name, "size": size, **options}

@@ -48,6 +48,8 @@ def _normalise_indices(layers: Sequence[int] | int, depth: int) -> list[int]:
     """0-based block indices; negatives count from the end. Order and repeats are kept."""
     if isinstance(layers, int):
         layers = [layers]
+    if len(layers) == 0:
+        raise ValueError("no block indices given: name at least one block (e.g. [-1])")
     out = []
     for i in layers:
         j = i + depth if i < 0 else i
