@@ -232,16 +232,19 @@ def protocol_flops(
     size: str,
     num_classes: int,
     options: dict | None = None,
+    checkpoint: str | None = None,
 ) -> FlopsReport:
     """Cost of the model a protocol run evaluates, at the settings' crop size.
 
     Fine-tuning: backbone + neck + decode head (no auxiliary head). Probes: backbone +
-    their 1x1 heads. The backbone is randomly initialised: weights do not change a count.
+    their 1x1 heads. The checkpoint is loaded because it can fix the geometry (a UNIP
+    student's depth and last-block heads come from its metadata); its values do not
+    change a count.
     """
     from bench.adapter import load_backbone
 
     hw = [settings.crop_size, settings.crop_size]
-    backbone = load_backbone(adapter, size, None, img_size=hw, **(options or {}))
+    backbone = load_backbone(adapter, size, checkpoint, img_size=hw, **(options or {}))
     bb, bb_params = backbone_flops(backbone, hw)
     model = _evaluated_model(protocol, settings, backbone, num_classes)
     total = count_macs(model, (torch.zeros(1, 3, *hw),))

@@ -111,19 +111,20 @@ def prepare_datasets(runs: list[Run], log: Callable[[str], None] = print) -> Non
 def _flops(run: Run, settings: Any, num_classes: int) -> dict:
     report = _cached_flops(
         run.protocol, settings.model_dump_json(), run.adapter, run.size, num_classes,
-        tuple(sorted(run.options.items())),
+        tuple(sorted(run.options.items())), run.checkpoint,
     )
     return report.to_dict()
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_flops(protocol: str, settings_json: str, adapter: str, size: str,
-                  num_classes: int, options: tuple) -> Any:
+                  num_classes: int, options: tuple, checkpoint: str | None) -> Any:
     from bench.flops import protocol_flops
     from bench.protocols.config import SETTINGS_CLASSES
 
     settings = SETTINGS_CLASSES[protocol].model_validate_json(settings_json)
-    return protocol_flops(protocol, settings, adapter, size, num_classes, dict(options))
+    return protocol_flops(protocol, settings, adapter, size, num_classes, dict(options),
+                          checkpoint=checkpoint)
 
 
 def _fingerprints(run: Run, result: dict) -> dict[str, str]:
