@@ -28,6 +28,19 @@ class CommandError(RuntimeError):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
+def user_message(exc: BaseException) -> str:
+    """One line for a user error; pydantic's multi-line reports become 'field: reason'."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        parts = []
+        for err in exc.errors():  # type: ignore[attr-defined]
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
+        return f"invalid {getattr(exc, 'title', 'settings')}: " + "; ".join(parts)
+    return str(exc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 
@@ -68,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # User errors (bad flag, file, YAML, checkpoint) get one clear line, no traceback.
         if getattr(args, "debug", False):
             raise
-        print(f"unipbench {args.command}: error: {exc}", file=sys.stderr)
+        print(f"unipbench {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     return int(result or 0)
 
