@@ -169,8 +169,10 @@ class LinearProbeSettings(ProtocolSettings):
     sweep_lrs: list[float] = Field(
         [1e-4, 3e-4, 1e-3, 3e-3],
         min_length=1,
-        description="Learning rates trained together in cached mode (ours, not the paper's); "
-        "the best one is reported.",
+        description="Learning rates trained together in cached mode (ours, not the paper's). "
+        "The reported metrics are the lr with the best final mIoU on the evaluation split, "
+        "i.e. the lr is selected on that split, as usual for probe sweeps; every lr's "
+        "numbers are kept in the result's `lr_sweep`.",
     )
     cache_dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage type of cached features (halves memory at paper scale)."
