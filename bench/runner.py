@@ -233,6 +233,7 @@ def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -
             flops=flops,
             params_m=flops["params_m"] if flops else None,
             wall_time_s=result.get("wall_time_s"),
+            train_time_s=result.get("train_time_s"),
             device=result.get("device"),
         )
     except KeyboardInterrupt:

@@ -84,7 +84,8 @@ class RunRecord(BaseModel):
     iterations: int | None = None
     flops: FlopsInfo | None = None
     params_m: float | None = None
-    wall_time_s: float | None = None
+    wall_time_s: float | None = None  # the session that finished the run
+    train_time_s: float | None = None  # training loop over all sessions (resumes included)
     # provenance
     git: GitInfo = Field(default_factory=GitInfo)
     versions: dict[str, str | None] = Field(default_factory=dict)

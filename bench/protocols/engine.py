@@ -41,6 +41,9 @@ class TrainOutcome:
     train_loss: list[dict] = field(default_factory=list)
     iterations: int = 0
     resumed_from: int = 0
+    # Seconds in the training loop (with its evaluations) over every session of the run,
+    # so a resumed run reports its whole cost, not only the part after the restart.
+    train_time_s: float = 0.0
 
     def result(self, head: int = 0) -> dict[str, Any]:
         """The result fields for head ``head``: final, best and last metrics, history."""
@@ -52,6 +55,7 @@ class TrainOutcome:
             "train_loss": self.train_loss,
             "iterations": self.iterations,
             "resumed_from": self.resumed_from,
+            "train_time_s": round(self.train_time_s, 3),
         }
 
 
@@ -106,6 +110,7 @@ class Trainer:
     ) -> dict[str, Any]:
         scaler = self.acc.scaler
         return {
+            "elapsed_s": self._elapsed(),
             "model": self.state_module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -123,6 +128,9 @@ class Trainer:
         if self.acc.scaler is not None and state.get("scaler") is not None:
             self.acc.scaler.load_state_dict(state["scaler"])
         self.ckpt.restore_rng(state)
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._session_start
 
     # ------------------------------------------------------------------ checks
     def _check_finite(self, loss: torch.Tensor, it: int) -> None:
@@ -159,6 +167,8 @@ class Trainer:
         assert s.iters is not None
         accum = s.grad_accum_steps
         saved = self.ckpt.load()
+        self._session_start = time.perf_counter()
+        self._elapsed_before = float(saved.get("elapsed_s", 0.0)) if saved is not None else 0.0
         start = 0
         best: list = [None] * self.num_heads
         history: list[dict] = []
@@ -221,4 +231,5 @@ class Trainer:
             train_loss=train_loss,
             iterations=s.iters,
             resumed_from=start,
+            train_time_s=self._elapsed(),
         )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from protocol_job import TINY_FT, make_soda
 
 JOB = Path(__file__).with_name("protocol_job.py")
@@ -49,12 +50,15 @@ def test_sigkill_then_rerun_gives_bit_identical_metrics(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (resumed / "result.json").exists(), "the run finished before it was killed"
+    before_kill = torch.load(ckpt, map_location="cpu", weights_only=False)["elapsed_s"]
     _finish(_start(resumed, root))
 
     a = json.loads((straight / "result.json").read_text())
     b = json.loads((resumed / "result.json").read_text())
     assert a["resumed_from"] == 0
     assert b["resumed_from"] in (4, 8, 12)
+    # The reported training time covers both sessions, not only the one after the kill.
+    assert before_kill > 0 and b["train_time_s"] > before_kill
     for key in ("metrics", "best", "last", "history", "train_loss"):
         if key == "history":  # evaluation wall times differ, nothing else may
             strip = [{k: v for k, v in h.items() if k != "eval_s"} for h in a[key]]
