@@ -39,9 +39,19 @@ def setup():
     from bench.protocols.optim import build_adamw
 
     s = resolve_settings(
-        "fine_tune", "soda", "mae", "tiny",
-        {"iters": STEPS, "warmup_iters": 1, "batch_size": BATCH, "crop_size": CROP,
-         "log_interval": 1, "checkpoint_interval": 0, "eval_interval": 0},
+        "fine_tune",
+        "soda",
+        "mae",
+        "tiny",
+        {
+            "iters": STEPS,
+            "warmup_iters": 1,
+            "batch_size": BATCH,
+            "crop_size": CROP,
+            "log_interval": 1,
+            "checkpoint_interval": 0,
+            "eval_interval": 0,
+        },
     )
     set_seed(0)
     bb = load_backbone("mae", "tiny", img_size=CROP)
@@ -49,8 +59,10 @@ def setup():
     opt = build_adamw(optimizer_groups(model, s), lr=s.lr, betas=s.betas)
     g = torch.Generator().manual_seed(0)
     batches = [
-        {"img": torch.randn(BATCH, 3, CROP, CROP, generator=g),
-         "label": torch.randint(0, 21, (BATCH, CROP, CROP), generator=g)}
+        {
+            "img": torch.randn(BATCH, 3, CROP, CROP, generator=g),
+            "label": torch.randint(0, 21, (BATCH, CROP, CROP), generator=g),
+        }
         for _ in range(STEPS)
     ]
     return s, model, opt, batches
@@ -67,8 +79,15 @@ def harness_trainer(s, model, opt, batches: list[dict], progress: bool = False):
     acc = make_accelerator("no")
     prepared, popt = acc.prepare(model, opt)
     return Trainer(
-        acc, prepared, popt, sched, model, lambda start: iter(batches),
-        lambda: [{"mIoU": 0.0}], s, Checkpointer(tempfile.mkdtemp(), acc, "bench"),
+        acc,
+        prepared,
+        popt,
+        sched,
+        model,
+        lambda start: iter(batches),
+        lambda: [{"mIoU": 0.0}],
+        s,
+        Checkpointer(tempfile.mkdtemp(), acc, "bench"),
         progress=progress,
     )
 

@@ -78,7 +78,7 @@ def mae_vit_b(tmp_path_factory) -> Path:
     return write_mae_vit_b(tmp_path_factory.mktemp("vit_b") / "mae_pretrain_vit_base_full.pth")
 
 
-def test_load_backbone_vs_bare_torch_load(benchmark, mae_vit_b, tmp_path) -> None:
+def test_load_backbone_vs_bare_torch_load(benchmark, mae_vit_b, tmp_path, timing_target) -> None:
     cache = tmp_path / "cache"
     first = time.perf_counter()
     bb = load_backbone("mae", "base", mae_vit_b, cache_dir=cache)  # hashes the file once
@@ -111,4 +111,4 @@ def test_load_backbone_vs_bare_torch_load(benchmark, mae_vit_b, tmp_path) -> Non
         f"{min(adapter_s):.3f}s (first load, hashing: {first:.3f}s); ratio {ratio:.2f} "
         f"(limit {MAX_RATIO}), best of {rounds}"
     )
-    assert ratio <= MAX_RATIO
+    timing_target(ratio <= MAX_RATIO, f"adapter load ratio {ratio:.2f} > {MAX_RATIO}")

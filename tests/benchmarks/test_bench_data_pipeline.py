@@ -88,7 +88,7 @@ def model_rate(model: nn.Module, opt: torch.optim.Optimizer, batch: dict, steps:
     return steps * BATCH / (time.perf_counter() - t)
 
 
-def test_pipeline_outpaces_vit_t_finetuning(benchmark, soda_640: Path) -> None:
+def test_pipeline_outpaces_vit_t_finetuning(benchmark, soda_640: Path, timing_target) -> None:
     info = get_dataset_info("soda")
     dataset = build_dataset("soda", soda_640, "train", transform=train_transform(info))
     batch = next(iter(build_train_loader(dataset, BATCH, seed=1)))
@@ -117,4 +117,4 @@ def test_pipeline_outpaces_vit_t_finetuning(benchmark, soda_640: Path) -> None:
         f"ViT-T fine-tuning step at 512, batch {BATCH}: {max(model_ips):.2f} img/s; "
         f"ratio {ratio:.1f} (needs >= {MIN_RATIO})"
     )
-    assert ratio >= MIN_RATIO
+    timing_target(ratio >= MIN_RATIO, f"pipeline/step ratio {ratio:.1f} < {MIN_RATIO}")

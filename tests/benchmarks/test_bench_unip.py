@@ -63,7 +63,9 @@ def compare(benchmark, rounds: int, **sides: Callable[[], object]) -> dict[str, 
     )
 
 
-def test_distill_step_costs_at_most_1p1x_a_bare_loop(benchmark, tmp_path: Path) -> None:
+def test_distill_step_costs_at_most_1p1x_a_bare_loop(
+    benchmark, tmp_path: Path, timing_target
+) -> None:
     from accelerate import Accelerator
 
     torch.manual_seed(0)
@@ -109,10 +111,10 @@ def test_distill_step_costs_at_most_1p1x_a_bare_loop(benchmark, tmp_path: Path) 
         f"CPU time: bare {best['bare']:.3f}s, trainer "
         f"{best['trainer']:.3f}s; ratio {ratio:.3f} (limit {MAX_STEP_RATIO}), best of {rounds}"
     )
-    assert ratio <= MAX_STEP_RATIO
+    timing_target(ratio <= MAX_STEP_RATIO, f"distill step ratio {ratio:.3f} > {MAX_STEP_RATIO}")
 
 
-def test_nmi_costs_at_most_0p2x_the_forward(benchmark) -> None:
+def test_nmi_costs_at_most_0p2x_the_forward(benchmark, timing_target) -> None:
     torch.manual_seed(0)
     bb = load_backbone("mae", "S", img_size=224).eval()
     x = torch.randn(2, 3, 224, 224)
@@ -136,4 +138,4 @@ def test_nmi_costs_at_most_0p2x_the_forward(benchmark) -> None:
         f"with attention {best['forward']:.4f}s, NMI {best['nmi']:.4f}s; ratio {ratio:.3f} "
         f"(limit {MAX_NMI_RATIO}), best of {rounds}"
     )
-    assert ratio <= MAX_NMI_RATIO
+    timing_target(ratio <= MAX_NMI_RATIO, f"NMI/forward ratio {ratio:.3f} > {MAX_NMI_RATIO}")
