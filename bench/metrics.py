@@ -116,8 +116,8 @@ def format_per_class_table(result: dict, class_names: Sequence[str]) -> str:
     width = max([len("class"), *(len(c) for c in class_names)])
     rows = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
 
-    def cell(v: float) -> str:
-        return f"{'nan':>6}" if math.isnan(v) else f"{v:6.2f}"
+    def cell(v: float | None) -> str:  # None: NaN after a round trip through JSON
+        return f"{'nan':>6}" if v is None or math.isnan(v) else f"{v:6.2f}"
 
     for name, iou, acc in zip(
         class_names, result["per_class_iou"], result["per_class_acc"], strict=True

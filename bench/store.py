@@ -18,6 +18,8 @@ from typing import Any, Literal
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bench.jsonsafe import json_safe
+
 STORE_SCHEMA_VERSION = 1
 DEFAULT_STORE = Path("results/store/results.jsonl")
 # Long enough for a slow network file system, short enough to notice a stale lock.
@@ -99,7 +101,8 @@ class RunRecord(BaseModel):
 def append_record(path: str | Path, record: RunRecord | dict) -> None:
     """Append one record atomically with respect to other writers using the same lock."""
     rec = record if isinstance(record, RunRecord) else RunRecord.model_validate(record)
-    line = json.dumps(rec.model_dump(mode="json"), sort_keys=True, allow_nan=True) + "\n"
+    line = json.dumps(json_safe(rec.model_dump(mode="json")), sort_keys=True, allow_nan=False)
+    line += "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):

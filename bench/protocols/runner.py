@@ -17,6 +17,7 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
+from bench.jsonsafe import json_safe
 from bench.protocols.checkpointing import run_fingerprint
 from bench.protocols.config import (
     PROTOCOL_VERSION,
@@ -65,7 +66,7 @@ def _settings(
 def _write_json(obj: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
+        json.dump(obj, f, indent=2, default=str, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -148,7 +149,8 @@ def run_protocol(
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "fingerprint": fingerprint,
     }
-    result = json.loads(json.dumps(result, default=str))  # what is returned = what is stored
+    # What is returned = what is stored: strict JSON, undefined per-class IoU as None.
+    result = json.loads(json.dumps(json_safe(result), default=str))
     if accelerator.is_main_process:
         _write_json(result, result_path)
     accelerator.wait_for_everyone()

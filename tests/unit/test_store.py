@@ -121,3 +121,19 @@ def test_concurrent_writers_lose_and_interleave_nothing(tmp_path: Path) -> None:
     for r in recs:
         w, i = (int(x) for x in r.run_id[1:].split("-"))
         assert r.per_layer == [w * 1000 + i] * 1500
+
+
+def test_undefined_per_class_iou_is_written_as_strict_json_null(tmp_path: Path) -> None:
+    store = tmp_path / "r.jsonl"
+    metrics = {"mIoU": 50.0, "mAcc": 60.0, "aAcc": 70.0,
+               "per_class_iou": [50.0, float("nan")], "per_class_acc": [60.0, float("inf")]}
+    append_record(store, record("a", metrics=metrics))
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-JSON constant {token} in the store")
+
+    line = store.read_text().strip()
+    stored = json.loads(line, parse_constant=refuse)
+    assert stored["metrics"]["per_class_iou"] == [50.0, None]
+    assert stored["metrics"]["per_class_acc"] == [60.0, None]
+    assert read_records(store)[0].metrics["per_class_iou"] == [50.0, None]
