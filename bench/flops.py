@@ -152,6 +152,10 @@ def backbone_flops(backbone: nn.Module, img_size: int | Sequence[int]) -> tuple[
     return count_macs(backbone, (x,)), count_params(backbone)
 
 
+# Classes of the decode head when none are named: SODA's 21 (the last conv barely counts).
+DEFAULT_NUM_CLASSES = 21
+
+
 def model_flops(
     adapter: str,
     size: str,
@@ -161,25 +165,38 @@ def model_flops(
     head: str | None = None,
     num_classes: int | None = None,
     options: dict | None = None,
+    decode_head: bool = True,
 ) -> FlopsReport:
-    """Cost of ``adapter``'s randomly initialised ViT of ``size`` at ``img_size``.
+    """Cost of ``adapter``'s ViT of ``size`` at ``img_size``, alone and with its decode path.
 
-    With ``neck`` and ``head`` it also counts backbone + neck + decode head (the
-    auxiliary head is training-only and left out, as in the paper). Weights do not change
-    the count, so no checkpoint is read.
+    The total is backbone + neck + decode head of the adapter's fine-tuning model (the
+    protocol defaults: the multi-level neck, or LL-FPN for UNIP, and UPerNet, reading the
+    size's blocks); ``neck``/``head`` replace those defaults. The auxiliary head is
+    training-only and left out, as in the paper. ``decode_head=False`` counts the backbone
+    alone (total = backbone). Weights do not change a count, so no checkpoint is read.
     """
     from bench.adapter import load_backbone
+    from bench.protocols.config import resolve_settings
 
     hw = [img_size, img_size] if isinstance(img_size, int) else [int(s) for s in img_size]
     backbone = load_backbone(adapter, size, None, img_size=hw, **(options or {}))
     bb, bb_params = backbone_flops(backbone, hw)
     total, total_params = bb, bb_params
-    if neck is not None or head is not None:
-        if neck is None or head is None or num_classes is None:
-            raise ValueError("counting a decode head needs neck, head and num_classes")
-        path = decode_path(backbone, neck, head, num_classes)
+    if decode_head:
+        overrides: dict[str, Any] = {"crop_size": max(hw)}
+        if neck is not None:
+            overrides["neck"] = neck
+        if head is not None:
+            overrides["head"] = head
+        # The dataset only sets the schedule, which does not enter a count.
+        settings = resolve_settings("fine_tune", "soda", adapter, size, overrides)
+        neck, head = settings.neck, settings.head
+        num_classes = num_classes or DEFAULT_NUM_CLASSES
+        path = _evaluated_model("fine_tune", settings, backbone, num_classes)
         total = count_macs(path, (torch.zeros(1, 3, *hw),))
         total_params = count_params(path)
+    else:
+        neck = head = num_classes = None
     return FlopsReport(
         backbone_gmacs=_g(bb.total),
         total_gmacs=_g(total.total),
@@ -192,17 +209,6 @@ def model_flops(
         neck=neck,
         head=head,
         num_classes=num_classes,
-    )
-
-
-def decode_path(backbone: nn.Module, neck: str, head: str, num_classes: int) -> nn.Module:
-    """backbone + neck + decode head (no auxiliary head), the paper's way: UPerNet's
-    channels equal the backbone's embed dim."""
-    from bench.models.segmentor import build_segmentor
-
-    head_kwargs = {"channels": backbone.embed_dim} if head == "uperhead" else {}
-    return build_segmentor(
-        backbone, num_classes, neck=neck, head=head, head_kwargs=head_kwargs, aux_head=None
     )
 
 

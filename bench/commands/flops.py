@@ -22,14 +22,22 @@ def parse_options(pairs: list[str] | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backbone_only and (args.neck or args.head or args.num_classes):
+        raise ValueError("--backbone-only counts no neck or head: drop --neck/--head/--num-classes")
+    num_classes = args.num_classes
+    if num_classes is None and args.dataset is not None:
+        from bench.data import get_dataset_info
+
+        num_classes = get_dataset_info(args.dataset).num_classes
     report = model_flops(
         args.adapter,
         args.size,
         args.img_size,
         neck=args.neck,
         head=args.head,
-        num_classes=args.num_classes,
+        num_classes=num_classes,
         options=parse_options(args.option),
+        decode_head=not args.backbone_only,
     )
     data = report.to_dict()
     if args.json:
@@ -53,17 +61,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "flops",
         help="count GMACs (one multiply-add = one flop) and parameters",
-        description="Backbone alone and, with --neck/--head/--num-classes, backbone + decode "
-        "head (no auxiliary head), counted with fvcore at the given input size. Both "
+        description="Backbone alone and backbone + neck + decode head (no auxiliary head) of "
+        "the adapter's fine-tuning model (multi-level neck, or LL-FPN for UNIP, + UPerNet; "
+        "--neck/--head replace them), counted with fvcore at the given input size. Both "
         "conventions are given: with attention matmuls (timm's tables) and without (mmcv's, "
         "used by the UNIP paper).",
     )
     p.add_argument("--adapter", required=True, help="adapter name (see `unipbench adapters`)")
     p.add_argument("--size", required=True, help="T, S, B or L")
     p.add_argument("--img-size", type=int, default=224, help="square input side (default 224)")
-    p.add_argument("--neck", help="neck registry name, e.g. multilevel or llfpn")
-    p.add_argument("--head", help="decode head registry name, e.g. uperhead or linear")
-    p.add_argument("--num-classes", type=int, help="classes of the decode head")
+    p.add_argument("--neck", help="neck registry name (default: the adapter's fine-tuning neck)")
+    p.add_argument("--head", help="decode head registry name (default: uperhead)")
+    p.add_argument("--num-classes", type=int,
+                   help="classes of the decode head (default: --dataset's, else 21 as SODA)")
+    p.add_argument("--dataset", help="take the number of classes from this dataset")
+    p.add_argument("--backbone-only", action="store_true",
+                   help="count the backbone alone (total = backbone)")
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="adapter option, e.g. last_heads=16 for unip (repeatable)",

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.adapter import load_backbone
-from bench.flops import backbone_flops, count_macs, model_flops
+from bench.flops import backbone_flops, count_macs, model_flops, protocol_flops
+from bench.protocols.config import resolve_settings
 
 # Backbone-only multiply-adds at 224x224 from timm's results tables (attention included).
 ANCHORS = {"tiny": 1.26, "small": 4.61, "base": 17.58, "large": 61.60}
@@ -16,7 +17,8 @@ ANCHORS = {"tiny": 1.26, "small": 4.61, "base": 17.58, "large": 61.60}
 
 @pytest.mark.parametrize("size", list(ANCHORS))
 def test_backbone_gmacs_match_timm_tables(size: str) -> None:
-    report = model_flops("deit", size, 224)
+    report = model_flops("deit", size, 224, decode_head=False)
+    assert report.total_gmacs == report.backbone_gmacs
     assert report.backbone_gmacs == pytest.approx(ANCHORS[size], rel=0.01)
     assert report.attention_matmuls_included and report.convention == "multiply-adds"
     # mmcv's convention (no attention matmuls) misses the anchors by 3-14%: the anchors
@@ -75,6 +77,13 @@ def test_decode_head_adds_to_backbone() -> None:
     assert (r.neck, r.head, r.num_classes) == ("multilevel", "uperhead", 5)
 
 
-def test_decode_head_needs_every_part() -> None:
-    with pytest.raises(ValueError, match="neck, head and num_classes"):
-        model_flops("deit", "tiny", 64, head="uperhead")
+def test_default_total_is_what_a_fine_tuning_run_records() -> None:
+    # `unipbench flops` and a run's record must agree; for ViT-L that means the neck reads
+    # blocks [7, 11, 15, 23], so all 24 blocks are counted (not [3, 5, 7, 11]: 12 blocks).
+    large = model_flops("deit", "large", 64, num_classes=5)
+    assert (large.neck, large.head, large.num_classes) == ("multilevel", "uperhead", 5)
+    settings = resolve_settings("fine_tune", "soda", "deit", "large", {"crop_size": 64})
+    run = protocol_flops("fine_tune", settings, "deit", "large", 5)
+    assert large.total_gmacs == run.total_gmacs and large.params_m == run.params_m
+    unip = model_flops("unip", "tiny", 64, options={"last_heads": 16})
+    assert (unip.neck, unip.num_classes) == ("llfpn", 21)  # UNIP's fine-tuning neck
