@@ -1,9 +1,15 @@
 """UNIP (NMI-HAD distilled students): ViT-T/S/B whose last block has the teacher's heads.
 
-The head count of the last block cannot be read off the weights (qkv has the same shape
-for any head count), so it comes from the metadata the trainer saves with the checkpoint
-(``{'model': ..., 'unip': {'last_heads': H, ...}}``) or from ``last_heads=`` for released
-files without it. When neither says it, loading fails.
+``head_split`` says how the last block's attention is split into heads:
+
+- ``distilled`` (the default of ``load_backbone``; attention analysis, distillation): the
+  teacher layer's head count, as in pre-training. It cannot be read off the weights (qkv
+  has the same shape for any head count), so it comes from the metadata the trainer saves
+  (``{'model': ..., 'unip': {'last_heads': H, ...}}``) or from ``last_heads=`` for released
+  files without it; when neither says it, loading fails.
+- ``uniform`` (what the evaluation protocols use, through ``downstream_options``): the
+  size's own head count in every block, as the released fine-tuning and linear-probing
+  configs build UNIP-T/S/B; ``last_heads`` appears nowhere downstream in the release.
 """
 
 from __future__ import annotations
@@ -56,10 +62,37 @@ def _positive_heads(value: Any) -> int:
     return text
 
 
+HEAD_SPLITS = ("distilled", "uniform")
+
+
+def _head_split(value: Any) -> str:
+    if value not in HEAD_SPLITS:
+        raise AdapterError(
+            f"head_split={value!r} is not one of {', '.join(HEAD_SPLITS)} (distilled: the "
+            "teacher's heads in the last block, as pre-trained; uniform: the size's heads in "
+            "every block, as the released downstream configs)"
+        )
+    return str(value)
+
+
 class UnipAdapter(Adapter):
     def customise(self, vit: nn.Module, context: dict) -> nn.Module:
         given = context.get("last_heads")
         stored = _metadata_heads(context.get("raw"))
+        split = _head_split(context.get("head_split", "distilled"))
+        extra = context.setdefault("meta_extra", {})
+        extra["head_split"] = split
+        if split == "uniform":
+            if given is not None:
+                raise AdapterError(
+                    f"last_heads={given} was given with head_split='uniform' (the evaluation "
+                    "protocols' default for UNIP, as in the released downstream configs, "
+                    "where every block has the size's heads): drop last_heads, or set "
+                    "head_split: distilled to keep the pre-training split"
+                )
+            if stored is not None:
+                extra["distilled_last_heads"] = stored
+            return vit
         if given is not None and stored is not None and _positive_heads(given) != stored:
             raise AdapterError(
                 f"last_heads={given} contradicts the metadata of {context.get('source', '')} "
@@ -100,7 +133,8 @@ ADAPTER = UnipAdapter(
     name="unip",
     description="UNIP: NMI-HAD distilled student (last block with the teacher's heads)",
     formats=(TRAINER, flat_timm("flat student state dict (needs last_heads=)")),
-    extra_options=("last_heads",),
+    extra_options=("last_heads", "head_split"),
+    downstream_options={"head_split": "uniform"},
     published_sizes=("tiny", "small", "base"),
     # Students are distilled on infrared-normalised images (InfMix), not ImageNet ones.
     mean=INFRARED_MEAN,

@@ -163,26 +163,28 @@ class Adapter:
     std: tuple[float, ...] = IMAGENET_STD
     layer_scale: bool = False  # DeiT III: LayerScale in every block
     vit_kwargs: dict[str, Any] = field(default_factory=dict)
-    drop_path: dict[str, float] = field(default_factory=lambda: {"large": 0.2})
+    # Options the evaluation protocols (fine-tuning, probing, their FLOPs) load this
+    # method's backbone with, under the user's own: how the method's released downstream
+    # code builds it when that differs from the pre-training model (UNIP's head split).
+    downstream_options: dict[str, Any] = field(default_factory=dict)
 
     # -- architecture ------------------------------------------------------------------
     def build_vit(
         self,
         size: str,
         img_size: int | tuple[int, int] = 224,
-        drop_path_rate: float | None = None,
+        drop_path_rate: float = 0.0,
         depth: int | None = None,
         **overrides: Any,
     ) -> nn.Module:
-        """A randomly initialised timm ViT of this method's architecture."""
+        """A randomly initialised timm ViT of this method's architecture (no drop path
+        unless asked: a fine-tuning protocol sets its own)."""
         from timm.models.vision_transformer import VisionTransformer
 
         size = canonical_size(size)
         geo = dict(VIT_SIZES[size])
         if depth is not None:
             geo["depth"] = int(depth)
-        if drop_path_rate is None:
-            drop_path_rate = self.drop_path.get(size, 0.1)
         kwargs: dict[str, Any] = dict(
             img_size=img_size,
             patch_size=16,
@@ -247,6 +249,12 @@ def get_adapter(name: str) -> Adapter:
 
 def list_adapters() -> list[str]:
     return ADAPTERS.names()
+
+
+def downstream_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Options an evaluation protocol loads ``name``'s backbone with: the adapter's
+    ``downstream_options``, overridden by the user's ``options``."""
+    return {**get_adapter(name).downstream_options, **dict(options or {})}
 
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
@@ -429,11 +437,15 @@ def load_backbone(
     *,
     format: str | None = None,
     sha256: str | None = None,
-    drop_path_rate: float | None = None,
+    drop_path_rate: float = 0.0,
     cache_dir: str | Path | None = None,
     **options: Any,
 ) -> Backbone:
-    """Build ``name``'s ViT of ``size`` and load ``checkpoint`` into it.
+    """Build ``name``'s ViT of ``size`` and load ``checkpoint`` into it, in eval mode.
+
+    The model comes back in eval mode with no drop path, so ``features`` is deterministic;
+    training code (the fine-tuning protocol) asks for its ``drop_path_rate`` and calls
+    ``train()`` itself.
 
     ``checkpoint`` is a local file (.pth/.pt/.bin/.safetensors), a Hugging Face export
     directory, an ``https://`` URL (cached, sha256-verified when ``sha256`` is given) or
@@ -459,7 +471,7 @@ def load_backbone(
     if checkpoint is None:
         vit = build()
         meta.extra.update(context.get("meta_extra", {}))
-        return Backbone(vit, meta, mean=adapter.mean, std=adapter.std)
+        return Backbone(vit, meta, mean=adapter.mean, std=adapter.std).eval()
 
     path, digest = resolve_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
     raw, file_meta = read_checkpoint(path)
@@ -503,4 +515,4 @@ def load_backbone(
             ) from None
     _assign_state(vit, state)
     meta.extra.update(context.get("meta_extra", {}))
-    return Backbone(vit, meta, mean=adapter.mean, std=adapter.std)
+    return Backbone(vit, meta, mean=adapter.mean, std=adapter.std).eval()

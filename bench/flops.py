@@ -175,11 +175,12 @@ def model_flops(
     training-only and left out, as in the paper. ``decode_head=False`` counts the backbone
     alone (total = backbone). Weights do not change a count, so no checkpoint is read.
     """
-    from bench.adapter import load_backbone
+    from bench.adapter import downstream_options, load_backbone
     from bench.protocols.config import resolve_settings
 
     hw = [img_size, img_size] if isinstance(img_size, int) else [int(s) for s in img_size]
-    backbone = load_backbone(adapter, size, None, img_size=hw, **(options or {}))
+    opts = downstream_options(adapter, options) if decode_head else dict(options or {})
+    backbone = load_backbone(adapter, size, None, img_size=hw, **opts)
     bb, bb_params = backbone_flops(backbone, hw)
     total, total_params = bb, bb_params
     if decode_head:
@@ -247,10 +248,11 @@ def protocol_flops(
     student's depth and last-block heads come from its metadata); its values do not
     change a count.
     """
-    from bench.adapter import load_backbone
+    from bench.adapter import downstream_options, load_backbone
 
     hw = [settings.crop_size, settings.crop_size]
-    backbone = load_backbone(adapter, size, checkpoint, img_size=hw, **(options or {}))
+    opts = downstream_options(adapter, options)
+    backbone = load_backbone(adapter, size, checkpoint, img_size=hw, **opts)
     bb, bb_params = backbone_flops(backbone, hw)
     model = _evaluated_model(protocol, settings, backbone, num_classes)
     total = count_macs(model, (torch.zeros(1, 3, *hw),))

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bench.choices import yaml_bools_to_choices
 from bench.registry import did_you_mean
 from bench.yaml_source import YamlSource, YamlSourceError, format_path, load_yaml
 
@@ -46,6 +47,12 @@ class SuiteError(ValueError):
 # ---------------------------------------------------------------------------- schema
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_bools(cls, data: Any) -> Any:
+        # YAML 1.1 reads `no`/`off` as False: a string choice gets its name back.
+        return yaml_bools_to_choices(cls, data)
 
 
 ProtocolOverrides = dict[str, dict[str, Any]]

@@ -264,11 +264,13 @@ def check_files(
 
 
 def _load_problem(suite: Suite, i: int) -> list[SuiteProblem]:
-    from bench.adapter import load_backbone
+    from bench.adapter import downstream_options, load_backbone
 
     m = suite.spec.models[i]
     try:
-        load_backbone(m.adapter, m.size, m.checkpoint, sha256=m.sha256, **m.options)
+        # As the protocols will load it (a method's downstream options under the user's).
+        options = downstream_options(m.adapter, m.options)
+        load_backbone(m.adapter, m.size, m.checkpoint, sha256=m.sha256, **options)
     except (ValueError, KeyError, OSError) as exc:
         return [suite.problem(("models", i, "checkpoint"), f"does not load: {exc}")]
     return []

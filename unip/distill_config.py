@@ -17,8 +17,10 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
+from bench.choices import yaml_bools_to_choices
 from unip.nmi import NMI_TARGET
 
 # Keys that may differ between a run and its resumption: they change how, not what.
@@ -27,6 +29,12 @@ RESUMABLE_KEYS = frozenset({"data.num_workers", "save_every", "log_every", "resu
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_bools(cls, data: Any) -> Any:
+        # YAML 1.1 reads `mixed_precision: no` as False: give the choice its name back.
+        return yaml_bools_to_choices(cls, data)
 
 
 class TeacherConfig(_Strict):

@@ -1,10 +1,11 @@
 """The UNIP student: a randomly initialised ViT-T/S/B whose last block has the teacher's heads.
 
 Fixed 2-D sin-cos position embeddings (CLS slot at zero, not trained), the same drop-path
-rate in every block, MAE-style initialisation (xavier-uniform linears), as in the UNIP
-release. Only the last block's attention logits are distilled, so that block's projection
-and MLP and the final norm get no gradient: they are frozen here so DDP sees no unused
-parameters and AdamW's weight decay leaves them alone.
+rate in every block, MAE-style initialisation (xavier-uniform linears; the patch
+projection's bias left at PyTorch's default), as in the UNIP release. Only the last
+block's attention logits are distilled, so that block's projection and MLP and the final
+norm get no gradient: they are frozen here so DDP sees no unused parameters and AdamW's
+weight decay leaves them alone.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def set_constant_drop_path(vit: nn.Module, rate: float) -> None:
 
 
 def init_mae_style(vit: nn.Module) -> None:
-    """Xavier-uniform linears and patch projection, zero biases, unit norms, CLS ~ N(0, .02)."""
+    """Xavier-uniform linears and patch projection, zero linear biases, unit norms,
+    CLS ~ N(0, .02). The patch projection's bias keeps PyTorch's Conv2d default
+    (uniform in +-1/sqrt(fan_in)): the release's initialisation never touches it."""
     for m in vit.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -65,9 +68,9 @@ def init_mae_style(vit: nn.Module) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    w = vit.patch_embed.proj.weight
-    nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # the conv is a linear map of a patch
-    nn.init.zeros_(vit.patch_embed.proj.bias)
+    proj = vit.patch_embed.proj
+    proj.reset_parameters()  # PyTorch's default for the bias, whatever timm did before
+    nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))  # a linear map of a patch
     nn.init.normal_(vit.cls_token, std=0.02)
 
 

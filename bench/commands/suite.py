@@ -103,7 +103,27 @@ def ls(args: argparse.Namespace) -> int:
     counts = {s: sum(1 for v in states.values() if v[0] == s) for s in ("done", "failed",
                                                                           "partial", "pending")}
     print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" (store {paths.store})")
+    older = _older_version_records(suite.spec.suite, paths.store)
+    if older:
+        print(
+            "the store also holds "
+            + ", ".join(f"{n} record(s) of protocol version {v}" for v, n in older.items())
+            + f" for suite {suite.spec.suite!r}: not reused (numbers of another protocol "
+            "version are not comparable); `unipbench table --allow-mixed-versions` shows them"
+        )
     return 0
+
+
+def _older_version_records(suite_name: str, store: Path) -> dict[str, int]:
+    """Protocol version -> count of this suite's stored runs made under another version."""
+    from bench.protocols.config import PROTOCOL_VERSION
+    from bench.store import latest_by_run, read_records
+
+    counts: dict[str, int] = {}
+    for rec in latest_by_run(read_records(store)).values():
+        if rec.suite == suite_name and rec.protocol_version != PROTOCOL_VERSION:
+            counts[rec.protocol_version] = counts.get(rec.protocol_version, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _paths_args(p: argparse.ArgumentParser) -> None:

@@ -7,8 +7,14 @@ first-hand the layout's description says so.
 
 from __future__ import annotations
 
-from bench.backbone import IMAGENET_MEAN, IMAGENET_STD, INFRARED_MEAN, INFRARED_STD
+from bench.backbone import IMAGENET_MEAN, IMAGENET_STD
 from bench.data.spec import DatasetInfo, Layout
+
+# The released segmentation configs of SODA, MFNet and SCUT-Seg normalise with
+# mean 96.9255, std 47.8976 in 0-255 units (std 0.18783). UNIP's *pre-training* uses std
+# 0.1871 (bench.backbone.INFRARED_STD), which distillation keeps; segmentation does not.
+INFRARED_SEG_MEAN = (96.9255 / 255,) * 3
+INFRARED_SEG_STD = (47.8976 / 255,) * 3
 
 # Depth maps follow the UNIP release, whose NYUv2 / SUN RGB-D configs normalise the
 # (replicated) depth image with the ImageNet statistics; a depth-specific statistic would
@@ -195,8 +201,8 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         title="SODA (thermal infrared)",
         classes=SODA_CLASSES,
         modality="infrared",
-        mean=INFRARED_MEAN,
-        std=INFRARED_STD,
+        mean=INFRARED_SEG_MEAN,
+        std=INFRARED_SEG_STD,
         layouts=(SODA_VOC,),
         splits=("train", "test"),
         default_eval_split="test",
@@ -207,8 +213,8 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         title="MFNet-T (thermal channel of MFNet RGB-T)",
         classes=MFNET_CLASSES,
         modality="infrared",
-        mean=INFRARED_MEAN,
-        std=INFRARED_STD,
+        mean=INFRARED_SEG_MEAN,
+        std=INFRARED_SEG_STD,
         layouts=(MFNET_RGBT, MFNET_THERMAL),
         splits=("train", "val", "test", "val_test"),
         default_eval_split="test",
@@ -220,8 +226,8 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         title="SCUT-Seg (thermal infrared, night driving)",
         classes=SCUT_SEG_CLASSES,
         modality="infrared",
-        mean=INFRARED_MEAN,
-        std=INFRARED_STD,
+        mean=INFRARED_SEG_MEAN,
+        std=INFRARED_SEG_STD,
         layouts=(SCUT_UNIP, SCUT_RELEASE),
         splits=("train", "val"),
         default_eval_split="val",

@@ -42,14 +42,22 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int], patch: int) -> 
     return resize(logits, padded)[..., : size[0], : size[1]]
 
 
-def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy averaged over the labelled pixels of the whole batch, all ranks together.
+def cross_entropy(
+    logits: torch.Tensor, label: torch.Tensor, ignore_index: int, norm: str = "all_pixels"
+) -> torch.Tensor:
+    """Pixel-wise cross-entropy (``ignore_index`` pixels contribute 0), reduced by ``norm``.
 
-    DDP averages gradients over ranks; dividing each rank's summed loss by the global
-    pixel count (times the world size) makes that average equal to one process seeing
-    the whole batch. Per-rank means would up-weight ranks whose crops are mostly padding.
+    ``all_pixels`` is mmseg 0.x's ``CrossEntropyLoss``: the mean over every pixel of this
+    process's batch, ignored ones included, so a crop that is mostly padding weighs less.
+    Several processes each take their own mean and DDP averages the gradients, as in the
+    release. ``labelled_pixels`` divides by the labelled pixels of the whole batch, summed
+    over all processes, so that a multi-process run equals one process seeing every image.
     """
     total = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="sum")
+    if norm == "all_pixels":
+        return total / max(label.numel(), 1)
+    if norm != "labelled_pixels":
+        raise ValueError(f"unknown loss normalisation {norm!r}; use all_pixels or labelled_pixels")
     count = (label != ignore_index).sum().to(total.dtype)
     world = 1
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -82,11 +82,15 @@ def probe_losses(
     size: tuple[int, int],
     patch: int,
     ignore_index: int = 255,
+    loss_norm: str = "all_pixels",
 ) -> dict[str, Any]:
     """Per-head cross-entropy at the label's resolution, and their sum as ``loss``."""
     per_head = [
         cross_entropy(
-            resize(upsample_logits(lg, size, patch), label.shape[-2:]), label, ignore_index
+            resize(upsample_logits(lg, size, patch), label.shape[-2:]),
+            label,
+            ignore_index,
+            loss_norm,
         )
         for lg in logits
     ]
@@ -98,12 +102,17 @@ class Probe(nn.Module):
     channels (head-major) at the input's resolution; ``forward(img, label)`` -> losses."""
 
     def __init__(
-        self, features: FrozenFeatures, heads: ProbeHeads, ignore_index: int = 255
+        self,
+        features: FrozenFeatures,
+        heads: ProbeHeads,
+        ignore_index: int = 255,
+        loss_norm: str = "all_pixels",
     ) -> None:
         super().__init__()
         self.features = features
         self.heads = heads
         self.ignore_index = ignore_index
+        self.loss_norm = loss_norm
 
     @property
     def num_heads(self) -> int:
@@ -114,7 +123,7 @@ class Probe(nn.Module):
         logits = self.heads(self.features(img))
         if label is not None:
             return probe_losses(
-                logits, label, size, self.features.patch_size, self.ignore_index
+                logits, label, size, self.features.patch_size, self.ignore_index, self.loss_norm
             )
         return torch.cat(
             [upsample_logits(lg, size, self.features.patch_size) for lg in logits], dim=1
@@ -128,8 +137,9 @@ def build_probe(
     num_classes: int,
     head: str = "linear",
     ignore_index: int = 255,
+    loss_norm: str = "all_pixels",
 ) -> Probe:
     """A probe on blocks ``layers``; head i reads positions ``inputs[i]`` of that list."""
     feats = FrozenFeatures(backbone, layers)
     heads = ProbeHeads([backbone.embed_dim] * len(layers), inputs, num_classes, head)
-    return Probe(feats, convert_sync_norm(heads), ignore_index)
+    return Probe(feats, convert_sync_norm(heads), ignore_index, loss_norm)

@@ -36,6 +36,7 @@ class Segmentor(nn.Module):
         aux_head: nn.Module | None = None,
         aux_weight: float = 0.4,
         ignore_index: int = 255,
+        loss_norm: str = "all_pixels",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -44,6 +45,7 @@ class Segmentor(nn.Module):
         self.aux_head = aux_head
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.loss_norm = loss_norm
 
     def _pyramid(self, img: torch.Tensor) -> list[torch.Tensor]:
         return self.neck(self.backbone.features(img, self.neck.layers))
@@ -56,7 +58,8 @@ class Segmentor(nn.Module):
         return upsample_logits(self.head(pyramid), size, self.backbone.patch_size)
 
     def forward_train(self, img: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Cross-entropy (ignore 255) of the decode head, plus ``aux_weight`` x the auxiliary's.
+        """Cross-entropy (ignore 255, reduced by ``loss_norm``) of the decode head, plus
+        ``aux_weight`` x the auxiliary's.
 
         Logits are upsampled to the label's resolution first, as mmseg does.
         """
@@ -74,7 +77,7 @@ class Segmentor(nn.Module):
         self, logits: torch.Tensor, label: torch.Tensor, size: tuple[int, int]
     ) -> torch.Tensor:
         logits = resize(upsample_logits(logits, size, self.backbone.patch_size), label.shape[-2:])
-        return cross_entropy(logits, label, self.ignore_index)
+        return cross_entropy(logits, label, self.ignore_index, self.loss_norm)
 
 
 def freeze_unused_backbone(backbone: Backbone, layers: list[int]) -> list[str]:
@@ -102,6 +105,7 @@ def build_segmentor(
     aux_kwargs: dict[str, Any] | None = None,
     aux_loss_weight: float = 0.4,
     ignore_index: int = 255,
+    loss_norm: str = "all_pixels",
 ) -> Segmentor:
     """Assemble from registry names and explicit kwargs; BN is synchronised only when
     torch.distributed runs several processes."""
@@ -112,5 +116,7 @@ def build_segmentor(
     aux_mod = None
     if aux_head is not None:
         aux_mod = HEADS.get(aux_head)(in_ch, num_classes, **(aux_kwargs or {}))
-    model = Segmentor(backbone, neck_mod, head_mod, aux_mod, aux_loss_weight, ignore_index)
+    model = Segmentor(
+        backbone, neck_mod, head_mod, aux_mod, aux_loss_weight, ignore_index, loss_norm
+    )
     return convert_sync_norm(model)

@@ -13,12 +13,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bench.choices import yaml_bools_to_choices
+from bench.protocols.optim import WeightDecayRule
 from bench.registry import did_you_mean
 
 # Bumped whenever a change could move a stored number (schedule, inference, metric).
-PROTOCOL_VERSION = "1.0"
+# 2.0: the released UNIP pipeline's defaults (layer scale and relative position bias in
+# the fine-tuned backbone, weight decay on pos_embed/cls_token, loss averaged over all
+# pixels, the segmentation configs' infrared std, per-dataset evaluation intervals,
+# uniform head split for UNIP students downstream). 1.0 results are not comparable.
+PROTOCOL_VERSION = "2.0"
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+LossNorm = Literal["all_pixels", "labelled_pixels"]
 
 
 class ProtocolSettings(BaseModel):
@@ -62,7 +69,23 @@ class ProtocolSettings(BaseModel):
     lr: float = Field(1e-4, gt=0, description="Base learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     weight_decay: float = Field(
-        0.05, ge=0, description="AdamW weight decay (none on biases, norms, tokens)."
+        0.05, ge=0, description="AdamW weight decay, on the parameters `weight_decay_rule` picks."
+    )
+    weight_decay_rule: WeightDecayRule = Field(
+        "all",
+        description="Which parameters decay: 'all' (mmcv's default constructor, the released "
+        "probing configs), 'no_bias_norm' (the released fine-tuning constructor: 1-D tensors "
+        "and biases exempt, pos_embed/cls_token decayed), 'no_bias_norm_tokens' (tokens and "
+        "position tables exempt too: what that constructor meant to do).",
+    )
+
+    # ---- loss
+    loss_norm: LossNorm = Field(
+        "all_pixels",
+        description="Cross-entropy reduction: 'all_pixels' (mmseg 0.x: mean over every pixel "
+        "of the batch, ignored ones counting 0; the paper's) or 'labelled_pixels' (mean over "
+        "the pixels that carry a label). Several processes: each takes its own mean and DDP "
+        "averages them, as in the release.",
     )
 
     # ---- schedule: linear warm-up, then poly to 0, per iteration
@@ -81,7 +104,10 @@ class ProtocolSettings(BaseModel):
 
     # ---- runtime (not from the paper; choices that do not move the numbers)
     eval_interval: int = Field(
-        1600, ge=0, description="Evaluate every N steps (0 = only at the end; always at the end)."
+        1600,
+        ge=0,
+        description="Evaluate every N steps (0 = only at the end; always at the end). The "
+        "paper's datasets set their released interval (DATASET_DEFAULTS).",
     )
     checkpoint_interval: int = Field(
         800, ge=0, description="Save resumable state every N steps (0 = never)."
@@ -95,6 +121,12 @@ class ProtocolSettings(BaseModel):
         "'bf16' autocasts on CPU too; 'no' never autocasts.",
     )
     log_interval: int = Field(20, gt=0, description="Progress-bar loss refresh, in steps.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_bools(cls, data: Any) -> Any:
+        # YAML 1.1 reads `mixed_precision: no` as False: give the choice its name back.
+        return yaml_bools_to_choices(cls, data)
 
     @field_validator("ratio_range")
     @classmethod
@@ -131,6 +163,11 @@ class FineTuneSettings(ProtocolSettings):
         le=1,
         description="Layer-wise lr decay: multiplier decay^(L+1-layer_id). 0.65 for the "
         "baselines; UNIP's per-adapter default is 0.85 (ADAPTER_DEFAULTS).",
+    )
+    weight_decay_rule: WeightDecayRule = Field(
+        "no_bias_norm",
+        description="As in ProtocolSettings; the released fine-tuning constructor exempts 1-D "
+        "tensors and biases only (pos_embed and cls_token decay, as in the paper's runs).",
     )
     drop_path: float = Field(0.1, ge=0, lt=1, description="Stochastic depth (ViT-L: 0.2).")
     neck: str = Field(
@@ -214,13 +251,15 @@ PROTOCOL_ALIASES = {
 # the released configs' sliding stride of 341, unchanged from the 512 setting. Datasets
 # without a schedule here
 # need `iters` and `warmup_iters` given explicitly. Keys are dataset_key() of the name.
+# Evaluation intervals are the released configs' (`evaluation = dict(interval=...)`).
 _DEPTH_480 = {"crop_size": 480, "scale": (2048, 480), "slide_crop": 480, "slide_stride": 341}
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "soda": {"warmup_iters": 1500, "iters": 14400},
-    "mfnetthermal": {"warmup_iters": 1000, "iters": 9800},
-    "scutseg": {"warmup_iters": 1700, "iters": 16800},
-    "nyuv2depth": dict(_DEPTH_480),
-    "sunrgbddepth": dict(_DEPTH_480),
+    "soda": {"warmup_iters": 1500, "iters": 14400, "eval_interval": 800},
+    "mfnetthermal": {"warmup_iters": 1000, "iters": 9800, "eval_interval": 700},
+    "scutseg": {"warmup_iters": 1700, "iters": 16800, "eval_interval": 800},
+    "ade20k": {"warmup_iters": 1500, "iters": 75000, "eval_interval": 1000},
+    "nyuv2depth": {**_DEPTH_480, "warmup_iters": 1000, "iters": 9800, "eval_interval": 700},
+    "sunrgbddepth": {**_DEPTH_480, "warmup_iters": 6000, "iters": 65000, "eval_interval": 1000},
 }
 DATASET_ALIASES = {"mfnet": "mfnetthermal", "nyuv2": "nyuv2depth", "sunrgbd": "sunrgbddepth"}
 

@@ -37,6 +37,7 @@ def build_model(backbone: Backbone, num_classes: int, s: FineTuneSettings,
         },
         aux_loss_weight=s.aux_loss_weight,
         ignore_index=ignore_index,
+        loss_norm=s.loss_norm,
     )
 
 
@@ -51,6 +52,7 @@ def optimizer_groups(model: Segmentor, s: FineTuneSettings) -> list[dict]:
         layer_decay=s.layer_decay,
         layer_id=lambda name: bb.layer_id(name) if name.startswith("backbone.") else bb.depth + 1,
         num_layers=bb.depth,
+        decay_rule=s.weight_decay_rule,
     )
 
 

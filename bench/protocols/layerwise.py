@@ -34,6 +34,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     probe = build_probe(
         ctx.backbone, layers, inputs=[[k] for k in range(len(layers))],
         num_classes=ctx.info.num_classes, head=s.head, ignore_index=ctx.info.ignore_index,
+        loss_norm=s.loss_norm,
     )
     out = train_heads(ctx, probe, [s.lr] * len(layers), probe,
                       ctx.train_stream(ctx.train_set()), f"layer-wise probe {ctx.dataset['name']}")

@@ -22,17 +22,27 @@ from bench.protocols.probe_training import train_heads
 class CachedFeatureHeads(nn.Module):
     """Training view of the heads: input is the cached concatenation of block maps."""
 
-    def __init__(self, heads: ProbeHeads, embed_dim: int, patch: int, ignore_index: int):
+    def __init__(
+        self,
+        heads: ProbeHeads,
+        embed_dim: int,
+        patch: int,
+        ignore_index: int,
+        loss_norm: str = "all_pixels",
+    ):
         super().__init__()
         self.heads = heads
         self.embed_dim = embed_dim
         self.patch = patch
         self.ignore_index = ignore_index
+        self.loss_norm = loss_norm
 
     def forward(self, feats: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
         maps = list(torch.split(feats, self.embed_dim, dim=1))
         size = (label.shape[-2], label.shape[-1])  # cached crops: image size = label size
-        return probe_losses(self.heads(maps), label, size, self.patch, self.ignore_index)
+        return probe_losses(
+            self.heads(maps), label, size, self.patch, self.ignore_index, self.loss_norm
+        )
 
 
 def build_model(ctx: RunContext, num_heads: int) -> Probe:
@@ -41,6 +51,7 @@ def build_model(ctx: RunContext, num_heads: int) -> Probe:
     return build_probe(
         ctx.backbone, layers, inputs=[list(range(len(layers)))] * num_heads,
         num_classes=ctx.info.num_classes, head=s.head, ignore_index=ctx.info.ignore_index,
+        loss_norm=s.loss_norm,
     )
 
 
@@ -58,7 +69,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     cache = FeatureCache(ctx)
     cache.build(probe.features.to(ctx.accelerator.device), progress=ctx.progress)
     trainer_view = CachedFeatureHeads(probe.heads, ctx.backbone.embed_dim,
-                                      ctx.backbone.patch_size, ctx.info.ignore_index)
+                                      ctx.backbone.patch_size, ctx.info.ignore_index,
+                                      s.loss_norm)
     out = train_heads(ctx, probe, lrs, trainer_view, cache.stream(ctx.micro_batch, ctx.seed),
                       f"linear probe sweep {name}")
     sweep = [

@@ -1,21 +1,46 @@
-"""AdamW parameter groups: no weight decay on biases/norms/tokens, layer-wise lr decay."""
+"""AdamW parameter groups: weight-decay rules and layer-wise lr decay.
+
+The weight-decay rules are named after what the UNIP release ran, because the paper's
+numbers come from its actual behaviour, not from its intent:
+
+- ``no_bias_norm``: the release's fine-tuning constructor (``LayerDecayOptimizerConstructor``)
+  exempts 1-D tensors and names ending in ``.bias``. It also lists ``pos_embed`` and
+  ``cls_token``, but compares those bare names with prefixed ones (``backbone.pos_embed``),
+  so in the paper's runs both DO get weight decay.
+- ``no_bias_norm_tokens``: what that constructor meant: tokens and position tables exempt too.
+- ``all``: mmcv's default constructor with no ``paramwise_cfg`` (the released probing configs):
+  every parameter decays, biases included.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token")
+WeightDecayRule = Literal["no_bias_norm", "no_bias_norm_tokens", "all"]
+WEIGHT_DECAY_RULES: tuple[str, ...] = ("no_bias_norm", "no_bias_norm_tokens", "all")
+TOKEN_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token")
 
 
-def wants_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Biases, norm weights (all 1-D tensors), position embeddings and tokens: no decay."""
+def wants_weight_decay(
+    name: str, param: torch.Tensor, rule: WeightDecayRule = "no_bias_norm"
+) -> bool:
+    """Whether ``name`` is decayed under ``rule`` (see the module docstring)."""
+    if rule == "all":
+        return True
     if param.ndim <= 1 or name.endswith(".bias"):
         return False
-    leaf = name.rsplit(".", 1)[-1]
-    return leaf not in NO_DECAY_NAMES and not any(n in name for n in NO_DECAY_NAMES)
+    if rule == "no_bias_norm":
+        return True
+    if rule == "no_bias_norm_tokens":
+        leaf = name.rsplit(".", 1)[-1]
+        return leaf not in TOKEN_NAMES
+    raise ValueError(
+        f"unknown weight-decay rule {rule!r}; use one of {', '.join(WEIGHT_DECAY_RULES)}"
+    )
 
 
 def layer_decay_multiplier(layer_id: int, num_layers: int, decay: float) -> float:
@@ -30,6 +55,7 @@ def param_groups(
     layer_decay: float = 1.0,
     layer_id: Callable[[str], int] | None = None,
     num_layers: int = 0,
+    decay_rule: WeightDecayRule = "no_bias_norm",
 ) -> list[dict]:
     """Groups keyed by (layer id, decay or not), each with its ``lr`` and ``lr_scale``.
 
@@ -41,7 +67,7 @@ def param_groups(
         if not p.requires_grad:
             continue
         lid = layer_id(name) if layer_id is not None else num_layers + 1
-        decay = wants_weight_decay(name, p)
+        decay = wants_weight_decay(name, p, decay_rule)
         key = (lid, decay)
         if key not in groups:
             scale = layer_decay_multiplier(lid, num_layers, layer_decay)

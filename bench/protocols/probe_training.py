@@ -16,11 +16,17 @@ from bench.protocols.optim import build_adamw, param_groups
 def head_optimizer(
     heads: ProbeHeads, lrs: Sequence[float], ctx: RunContext
 ) -> torch.optim.Optimizer:
-    """AdamW with head k at ``lrs[k]``; no layer decay (there are no layers to decay)."""
+    """AdamW with head k at ``lrs[k]``; no layer decay (there are no layers to decay).
+
+    Weight decay follows ``weight_decay_rule``; the released probing configs decay every
+    parameter, the head's bias included (mmcv's default constructor)."""
     s = ctx.settings
     groups: list[dict] = []
     for head, lr in zip(heads.heads, lrs, strict=True):
-        groups += param_groups(head.named_parameters(), lr=lr, weight_decay=s.weight_decay)
+        groups += param_groups(
+            head.named_parameters(), lr=lr, weight_decay=s.weight_decay,
+            decay_rule=s.weight_decay_rule,
+        )
     return build_adamw(groups, lr=lrs[0], betas=s.betas)
 
 

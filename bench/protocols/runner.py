@@ -87,7 +87,7 @@ def run_protocol(
     e.g. ``depth`` or ``last_heads``). ``dataset``: name, root, layout=None. ``settings``:
     a settings object, or overrides applied on top of the resolved defaults.
     """
-    from bench.adapter import load_backbone
+    from bench.adapter import downstream_options, load_backbone
     from bench.data import get_dataset_info
     from bench.data.check import quick_check
 
@@ -123,9 +123,11 @@ def run_protocol(
     accelerator = make_accelerator(s.mixed_precision)
     set_seed(seed)
     drop_path = s.drop_path if isinstance(s, FineTuneSettings) else 0.0
+    # The method's downstream build (UNIP: uniform heads), under the user's options.
     backbone = load_backbone(
         model["adapter"], model["size"], model["checkpoint"], img_size=s.crop_size,
-        sha256=model["sha256"], drop_path_rate=drop_path, **model["options"],
+        sha256=model["sha256"], drop_path_rate=drop_path,
+        **downstream_options(model["adapter"], model["options"]),
     )
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(

@@ -39,7 +39,7 @@ def test_suite_records_every_outcome_then_skips_done_and_retries_failed(tmp_path
     assert ft.versions["torch"] and ft.versions["timm"] and ft.versions["unip-bench"]
     assert ft.device and ft.wall_time_s and ft.iterations == 4
     assert ft.train_time_s and 0 < ft.train_time_s <= ft.wall_time_s
-    assert ft.config["settings"]["iters"] == 4 and ft.protocol_version == "1.0"
+    assert ft.config["settings"]["iters"] == 4 and ft.protocol_version == "2.0"
     lp = next(r for r in done if r.protocol == "linear_probe")
     assert lp.mode == "on_the_fly" and lp.inference["mode"] == "whole"
 

@@ -10,7 +10,7 @@ from bench.suite import Suite, load_suite
 
 TINY = """\
 suite: tiny
-protocol_version: "1.0"
+protocol_version: "2.0"
 datasets:
   - {{name: soda, root: {root}, synthetic: {{train: 4, test: 2, size: 32, seed: 0}}}}
 models:

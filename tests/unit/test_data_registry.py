@@ -36,10 +36,14 @@ def test_builtins_are_registered_with_their_conventions() -> None:
         assert len(info.mean) == len(info.std) == 3
 
 
-def test_infrared_sets_use_the_protocol_statistics() -> None:
+def test_infrared_sets_use_the_released_segmentation_statistics() -> None:
+    # UNIP_segmentation/configs/_base_/datasets/{soda,mfnet,scut_seg}.py: img_norm_cfg
+    # mean 96.9255, std 47.8976 (0-255 units); 0.1871 is the pre-training std.
     for name in ("soda", "mfnet_thermal", "scut_seg"):
         info = get_dataset_info(name)
-        assert info.mean == (0.3801,) * 3 and info.std == (0.1871,) * 3
+        assert [m * 255 for m in info.mean] == pytest.approx([96.9255] * 3, abs=1e-9)
+        assert [s * 255 for s in info.std] == pytest.approx([47.8976] * 3, abs=1e-9)
+        assert info.std[0] == pytest.approx(0.18783, abs=5e-6)
     assert get_dataset_info("ade20k").mean == (0.485, 0.456, 0.406)
 
 

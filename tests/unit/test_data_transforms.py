@@ -102,7 +102,8 @@ def test_normalise_replicates_grey_and_uses_the_statistics() -> None:
     img = np.array([[[0], [255]]], np.uint8)
     out, lab = T.Normalize(SODA.mean, SODA.std)(img, np.zeros((1, 2), np.uint8), rng())
     assert out.shape == (3, 1, 2)
-    expected = torch.tensor([(0 - 0.3801) / 0.1871, (1 - 0.3801) / 0.1871])
+    # mmseg's Normalize with the released config's 0-255 statistics
+    expected = torch.tensor([(0 - 96.9255) / 47.8976, (255 - 96.9255) / 47.8976])
     for c in range(3):
         assert torch.allclose(out[c, 0], expected, atol=1e-5)
 

@@ -23,7 +23,7 @@ from bench.suite import ExecutorSpec, load_suite
 
 SUITE = """\
 suite: slurm-unit
-protocol_version: "1.0"
+protocol_version: "2.0"
 models: [{adapter: mae, size: T}, {adapter: deit, size: S}]
 datasets: [{name: soda, root: data/soda}]
 protocols: {fine_tune: {}}

@@ -85,5 +85,5 @@ def test_default_total_is_what_a_fine_tuning_run_records() -> None:
     settings = resolve_settings("fine_tune", "soda", "deit", "large", {"crop_size": 64})
     run = protocol_flops("fine_tune", settings, "deit", "large", 5)
     assert large.total_gmacs == run.total_gmacs and large.params_m == run.params_m
-    unip = model_flops("unip", "tiny", 64, options={"last_heads": 16})
+    unip = model_flops("unip", "tiny", 64)
     assert (unip.neck, unip.num_classes) == ("llfpn", 21)  # UNIP's fine-tuning neck

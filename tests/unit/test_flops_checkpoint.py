@@ -19,8 +19,7 @@ def test_shallow_unip_student_is_counted_at_its_own_depth(tmp_path: Path) -> Non
                                 {"crop_size": 32, "layers": [0, 1, 1, 1]})
 
     from_file = protocol_flops("linear_probe", settings, "unip", "T", 21, checkpoint=str(path))
-    full = protocol_flops("linear_probe", settings, "unip", "T", 21, {"last_heads": 6,
-                                                                      "depth": 12})
+    full = protocol_flops("linear_probe", settings, "unip", "T", 21, {"depth": 12})
 
     n_student = sum(p.numel() for p in student.vit.parameters()) / 1e6
     assert abs(from_file.backbone_params_m - n_student) < 1e-3

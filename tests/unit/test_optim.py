@@ -67,17 +67,62 @@ def test_every_parameter_gets_decay_to_the_power_of_its_depth(vit_s_upernet):
     assert scale_of["backbone.vit.pos_embed"] == pytest.approx(0.65**13)
 
 
-def test_no_weight_decay_on_biases_norms_and_embeddings(vit_s_upernet):
+def released_weight_decay(name: str, shape: torch.Size) -> float:
+    """LayerDecayOptimizerConstructor of UNIP_segmentation/mmcv_custom, written out: no decay
+    for 1-D tensors and '.bias' names; its `name in ('pos_embed', 'cls_token')` test sees
+    prefixed names ('backbone.pos_embed'), so it never matches and both decay."""
+    if len(shape) == 1 or name.endswith(".bias"):
+        return 0.0
+    return 0.05
+
+
+def test_weight_decay_is_the_releases_tokens_included(vit_s_upernet):
     model, s = vit_s_upernet
+    assert s.weight_decay_rule == "no_bias_norm"
     wd_of = {n: g["weight_decay"] for g in optimizer_groups(model, s) for n in g["names"]}
     params = dict(model.named_parameters())
     for name, wd in wd_of.items():
-        no_decay = (
-            params[name].ndim <= 1
-            or name.endswith(".bias")
-            or name in ("backbone.vit.pos_embed", "backbone.vit.cls_token")
-        )
-        assert wd == (0.0 if no_decay else 0.05), name
+        assert wd == released_weight_decay(name, params[name].shape), name
+    # The two parameters where the release's intent and its behaviour differ.
+    assert wd_of["backbone.vit.pos_embed"] == 0.05
+    assert wd_of["backbone.vit.cls_token"] == 0.05
+    decayed = sum(p.numel() for n, p in params.items() if wd_of.get(n) == 0.05)
+    exempt = sum(p.numel() for n, p in params.items() if wd_of.get(n) == 0.0)
+    assert exempt == sum(
+        p.numel() for n, p in params.items()
+        if n in wd_of and (p.ndim == 1 or n.endswith(".bias"))
+    )
+    assert decayed + exempt == sum(p.numel() for n, p in params.items() if p.requires_grad)
+
+
+def test_exempting_tokens_is_a_named_setting(vit_s_upernet):
+    model, s = vit_s_upernet
+    s = s.model_copy(update={"weight_decay_rule": "no_bias_norm_tokens"})
+    wd_of = {n: g["weight_decay"] for g in optimizer_groups(model, s) for n in g["names"]}
+    assert wd_of["backbone.vit.pos_embed"] == wd_of["backbone.vit.cls_token"] == 0.0
+    assert wd_of["backbone.vit.blocks.0.attn.qkv.weight"] == 0.05
+    assert wd_of["backbone.vit.blocks.0.attn.qkv.bias"] == 0.0
+
+
+def test_probes_decay_every_parameter_as_mmcvs_default_constructor():
+    # The released probing configs give AdamW weight_decay=0.05 and no paramwise_cfg:
+    # mmcv's DefaultOptimizerConstructor then decays every parameter, the bias included.
+    from bench.models.probe import build_probe
+    from bench.protocols.probe_training import head_optimizer
+
+    for proto in ("linear_probe", "layerwise_probe"):
+        s = resolve_settings(proto, "soda", "mae", "small", {})
+        assert s.weight_decay_rule == "all"
+    bb = load_backbone("mae", "tiny", img_size=32, depth=2)
+    probe = build_probe(bb, [0, 1], inputs=[[0, 1]], num_classes=21)
+
+    class Ctx:
+        settings = resolve_settings("linear_probe", "soda", "mae", "tiny", {})
+
+    opt = head_optimizer(probe.heads, [1e-3], Ctx())
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05]
+    shapes = sorted(tuple(p.shape) for g in opt.param_groups for p in g["params"])
+    assert shapes == [(21,), (21, 384, 1, 1)]
 
 
 def test_unip_fine_tunes_with_decay_085():

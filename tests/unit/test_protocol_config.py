@@ -81,7 +81,7 @@ def test_unknown_keys_and_bad_values_are_errors():
     with pytest.raises(ValidationError, match="grad_accum_steps"):
         resolve_settings("fine_tune", "soda", "mae", "S", {"grad_accum_steps": 3})
     with pytest.raises(ValueError, match="no paper schedule"):
-        resolve_settings("layerwise", "ade20k", "mae", "S", {})
+        resolve_settings("layerwise", "my_plugin_dataset", "mae", "S", {})
 
 
 def test_every_field_is_documented():

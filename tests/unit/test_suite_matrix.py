@@ -13,7 +13,7 @@ from bench.suite import load_suite
 
 SUITE = """\
 suite: {name}
-protocol_version: "1.0"
+protocol_version: "2.0"
 models:
   - {{adapter: mae, size: T{ckpt}}}
   - {{adapter: deit, size: S, name: {label}}}
@@ -70,7 +70,7 @@ def test_ids_change_with_settings_seed_and_version(tmp_path: Path, monkeypatch) 
 
     monkeypatch.setattr(config, "PROTOCOL_VERSION", "9.9")
     p = suite_file(tmp_path)
-    p.write_text(p.read_text().replace('"1.0"', '"9.9"'))
+    p.write_text(p.read_text().replace('"2.0"', '"9.9"'))
     assert not set(ids(p)) & set(base)
 
 
