@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark pre-trained ViTs on infrared semantic segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"unip-bench {__version__}")
+    parser.add_argument(
+        "--trackers", metavar="LIST",
+        help="where training curves go: auto (TensorBoard when installed; the default), "
+        "none, or a comma list of tensorboard, wandb (sets UNIPBENCH_TRACKERS)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in BUILTIN_COMMAND_MODULES:
         try:
@@ -73,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        if args.trackers is not None:
+            from bench.trackers import ENV, tracker_names
+
+            tracker_names(args.trackers)  # refuse an unknown or missing tracker now
+            os.environ[ENV] = args.trackers
         result = args.func(args)
     except KeyboardInterrupt:
         print("interrupted; completed work is kept and a rerun resumes it", file=sys.stderr)

@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No experiment trackers unless a test asks for them (bench.trackers).
+os.environ.setdefault("UNIPBENCH_TRACKERS", "none")
 # Checkpoint downloads and digest records go to a throw-away cache, never the user's.
 if "UNIPBENCH_CACHE" not in os.environ:
     import tempfile

@@ -23,6 +23,7 @@ from torch import nn
 
 from bench.adapter import canonical_size, load_backbone
 from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
+from bench.progress import Progress
 from bench.protocols.optim import build_adamw
 from bench.protocols.schedules import warmup_cosine
 from bench.protocols.state import (
@@ -31,6 +32,7 @@ from bench.protocols.state import (
     load_training_state,
     restore_rng_state,
 )
+from bench.trackers import finish_trackers, start_trackers, tracker_names
 from unip.analysis import analyse_attention, image_loader
 from unip.distill_config import DistillConfig, recipe_differences
 from unip.distill_data import (
@@ -283,10 +285,14 @@ def distill(
     """
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
-    from tqdm.auto import tqdm
 
-    acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
     out = Path(cfg.output_dir)
+    trackers = tracker_names()
+    acc = Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+        log_with=trackers or None,
+        project_dir=str(out / "logs") if trackers else None,
+    )
     ckpt_path = out / CHECKPOINT_NAME
     o = cfg.optim
     if o.batch_size % (acc.num_processes * o.accum_steps):
@@ -331,6 +337,7 @@ def distill(
     heads = teacher_bb.num_heads[layer - 1]
     if acc.is_main_process:  # only now: a refused config leaves no empty output folder
         out.mkdir(parents=True, exist_ok=True)
+    start_trackers(acc, f"distill-{out.name}", cfg.model_dump(mode="json"))
     teacher = AttentionTeacher(teacher_bb, layer).to(acc.device)
     student = build_student(
         cfg.student.size, heads, cfg.data.img_size, cfg.student.depth, cfg.student.drop_path
@@ -383,10 +390,9 @@ def distill(
 
     distiller = Distiller(teacher, model, optimizer, scheduler, acc)
     dataset = pretrain_dataset(images, cfg.data.img_size, cfg.data.scale, cfg.data.hflip)
-    show = cfg.progress and acc.is_main_process
-    bar = tqdm(
-        total=total_steps, initial=step, disable=not show, desc="distill", dynamic_ncols=True
-    )
+    bar = Progress(total_steps, step, "distill", enabled=cfg.progress and acc.is_main_process)
+    if state is not None:
+        bar.resumed(f"checkpoint {ckpt_path}")
     model.train()
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
@@ -403,11 +409,13 @@ def distill(
                 for cb in callbacks:
                     cb(info)
             if losses.add(loss, step, epoch, lr_now, final=step == total_steps):
-                bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{lr_now:.2e}")
+                bar.set(loss=losses.last, lr=lr_now)
+                acc.log({"train/loss": losses.last, "train/lr": lr_now}, step=step)
             bar.update(1)
             if step % cfg.save_every == 0 or step == total_steps:
                 save_checkpoint()
     bar.close()
+    finish_trackers(acc)
 
     student_path = out / STUDENT_NAME
     acc.wait_for_everyone()

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     )
     executor = make_executor(
         args.executor, spec, workers=args.workers, wait=args.wait,
-        job_name=f"unipbench-{suite.name}", progress=progress and sys.stderr.isatty(),
+        # On a terminal a bar, elsewhere (nohup, SLURM) periodic plain lines: bench.progress
+        job_name=f"unipbench-{suite.name}", progress=progress,
     )
     outcome = run_suite(suite, paths, executor, only=args.only, progress=progress)
     if outcome.submitted and not getattr(executor, "wait", True):
@@ -153,7 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-node", type=int, help="slurm: GPUs per node for each run")
     p.add_argument("--nodes", type=int, help="slurm: nodes for each run")
     p.add_argument("--timeout-min", type=int, help="time limit per run, in minutes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (off a terminal: no periodic progress lines)")
     _paths_args(p)
     p.set_defaults(func=run)
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from tqdm.auto import tqdm
 
+from bench.progress import Progress
 from bench.protocols.checkpointing import Checkpointer
 from bench.protocols.config import ProtocolSettings
 from bench.protocols.schedules import warmup_poly
@@ -66,6 +66,19 @@ def build_scheduler(
     assert s.iters is not None and s.warmup_iters is not None
     f = warmup_poly(s.iters, s.warmup_iters, s.poly_power, s.warmup_ratio, s.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The scheduled base lr (a layer-decayed group's lr over its scale)."""
+    g = optimizer.param_groups[0]
+    return float(g["lr"]) / float(g.get("lr_scale", 1.0))
+
+
+def _per_head(name: str, values: list[float]) -> dict[str, float]:
+    """One tracker series per head: 'eval/mIoU' alone, or 'eval/mIoU/head0', ..."""
+    if len(values) == 1:
+        return {name: values[0]}
+    return {f"{name}/head{k}": v for k, v in enumerate(values)}
 
 
 def _better(new: dict, old: dict | None) -> bool:
@@ -157,6 +170,7 @@ class Trainer:
             {"iteration": it, "mIoU": [m["mIoU"] for m in metrics],
              "eval_s": round(time.perf_counter() - t0, 3)}
         )
+        self.acc.log(_per_head("eval/mIoU", [m["mIoU"] for m in metrics]), step=it)
         for k, m in enumerate(metrics):
             if _better(m, best[k]):
                 best[k] = {"iteration": it, **m}
@@ -184,13 +198,10 @@ class Trainer:
         # off the stream dropout uses, so a resumed run matches an uninterrupted one.
         with torch.random.fork_rng(devices=[]):
             stream = self.batches(start * accum)
-        bar = tqdm(
-            total=s.iters,
-            initial=start,
-            desc=self.description,
-            disable=not (self.progress and self.acc.is_main_process),
-            dynamic_ncols=True,
-        )
+        bar = Progress(s.iters, start, self.description,
+                       enabled=self.progress and self.acc.is_main_process)
+        if saved is not None:
+            bar.resumed(f"checkpoint {self.ckpt.path}")
         for it in range(start, s.iters):
             self.model.train()
             for micro in range(accum):
@@ -205,18 +216,20 @@ class Trainer:
                     self._check_finite(loss, it)
                     self.acc.backward(loss / accum)
                 running += float(loss.detach()) / accum
+            lr_used = _base_lr(self.optimizer)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             seen += 1
             done = it + 1
-            bar.update(1)
             if done % s.log_interval == 0 or done == s.iters:
                 mean = torch.tensor([running / seen], device=self.acc.device)
                 mean = self.acc.reduce(mean, reduction="mean").item()
                 train_loss.append({"iteration": done, "loss": mean})
-                bar.set_postfix(loss=f"{mean:.4f}")
+                bar.set(loss=mean, lr=lr_used)
+                self.acc.log({"train/loss": mean, "train/lr": lr_used}, step=done)
                 running, seen = 0.0, 0
+            bar.update(1)
             if s.eval_interval and done % s.eval_interval == 0 and done < s.iters:
                 self._eval(done, best, history)
             if s.checkpoint_interval and done % s.checkpoint_interval == 0:

@@ -90,6 +90,7 @@ def run_protocol(
     from bench.adapter import downstream_options, load_backbone
     from bench.data import get_dataset_info
     from bench.data.check import quick_check
+    from bench.trackers import finish_trackers, start_trackers
 
     proto = canonical_protocol(protocol)
     workdir = Path(workdir)
@@ -120,7 +121,7 @@ def run_protocol(
     for split in splits:
         quick_check(dataset["name"], dataset["root"], split, layout=dataset["layout"])
 
-    accelerator = make_accelerator(s.mixed_precision)
+    accelerator = make_accelerator(s.mixed_precision, log_dir=workdir / "logs")
     set_seed(seed)
     drop_path = s.drop_path if isinstance(s, FineTuneSettings) else 0.0
     # The method's downstream build (UNIP: uniform heads), under the user's options.
@@ -135,8 +136,16 @@ def run_protocol(
         accelerator=accelerator, workdir=workdir, seed=seed, fingerprint=fingerprint,
         progress=progress,
     )
+    start_trackers(
+        accelerator, f"{proto}-{dataset['name']}-{model['adapter']}-{model['size']}-s{seed}",
+        {"protocol": proto, "model": model, "dataset": dataset["name"], "seed": seed,
+         "settings": settings_dict},
+    )
     t0 = time.perf_counter()
-    out = importlib.import_module(PROTOCOL_MODULES[proto]).run(ctx)
+    try:
+        out = importlib.import_module(PROTOCOL_MODULES[proto]).run(ctx)
+    finally:
+        finish_trackers(accelerator)
     result = {
         "protocol": proto,
         "protocol_version": PROTOCOL_VERSION,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+
+from bench.trackers import tracker_names
 
 
 def resolve_mixed_precision(setting: str, cuda: bool) -> str:
@@ -20,16 +24,21 @@ def resolve_mixed_precision(setting: str, cuda: bool) -> str:
     return setting
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
+def make_accelerator(mixed_precision: str, log_dir: str | Path | None = None) -> Accelerator:
     """One Accelerator per run, on CUDA when available, else CPU (gloo when launched with
-    several processes)."""
+    several processes). With ``log_dir``, the trackers ``UNIPBENCH_TRACKERS`` names
+    (:mod:`bench.trackers`) write there."""
     cuda = torch.cuda.is_available()
     # Accelerate keeps one process-wide state and refuses a second mixed-precision
     # setting; several runs in one process (suites, tests) need it cleared. The
     # distributed part (PartialState) is kept: the process group outlives a run.
     AcceleratorState._reset_state(reset_partial_state=False)
+    trackers = tracker_names() if log_dir is not None else []
     return Accelerator(
-        cpu=not cuda, mixed_precision=resolve_mixed_precision(mixed_precision, cuda)
+        cpu=not cuda,
+        mixed_precision=resolve_mixed_precision(mixed_precision, cuda),
+        log_with=trackers or None,
+        project_dir=str(log_dir) if trackers else None,
     )
 
 
