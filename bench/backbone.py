@@ -146,14 +146,17 @@ class Backbone(nn.Module):
 
     @staticmethod
     def attention_logits(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Pre-softmax attention q·k·d^-0.5 of ``block`` for its input tokens ``x``."""
+        """Pre-softmax attention q·k·d^-0.5 of ``block`` for its input tokens ``x``, plus the
+        block's relative position bias when it has one (fine-tuning's, bench.models.vit_extras)."""
         attn = block.attn
         b, n, _ = x.shape
         h = block.norm1(x)
         qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = qkv[0], qkv[1]
         q, k = attn.q_norm(q), attn.k_norm(k)
-        return (q * attn.scale) @ k.transpose(-2, -1)
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        position_bias = getattr(attn, "position_bias", None)
+        return logits if position_bias is None else logits + position_bias(n).to(logits.dtype)
 
     def attention(
         self, x: torch.Tensor, layers: Sequence[int] | int = (-1,), logits: bool = False

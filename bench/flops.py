@@ -173,24 +173,28 @@ def model_flops(
     protocol defaults: the multi-level neck, or LL-FPN for UNIP, and UPerNet, reading the
     size's blocks); ``neck``/``head`` replace those defaults. The auxiliary head is
     training-only and left out, as in the paper. ``decode_head=False`` counts the backbone
-    alone (total = backbone). Weights do not change a count, so no checkpoint is read.
+    alone (total = backbone). Either way the backbone is the fine-tuning one, with the
+    adapter's default LayerScale and relative position bias (their parameters count; their
+    elementwise work does not). Weights do not change a count, so no checkpoint is read.
     """
     from bench.adapter import downstream_options, load_backbone
     from bench.protocols.config import resolve_settings
+    from bench.protocols.finetune import finetune_backbone
 
     hw = [img_size, img_size] if isinstance(img_size, int) else [int(s) for s in img_size]
-    opts = downstream_options(adapter, options) if decode_head else dict(options or {})
-    backbone = load_backbone(adapter, size, None, img_size=hw, **opts)
+    backbone = load_backbone(adapter, size, None, img_size=hw,
+                             **downstream_options(adapter, options))
+    overrides: dict[str, Any] = {"crop_size": max(hw)}
+    if neck is not None:
+        overrides["neck"] = neck
+    if head is not None:
+        overrides["head"] = head
+    # The dataset only sets the schedule, which does not enter a count.
+    settings = resolve_settings("fine_tune", "soda", adapter, size, overrides)
+    finetune_backbone(backbone, settings)
     bb, bb_params = backbone_flops(backbone, hw)
     total, total_params = bb, bb_params
     if decode_head:
-        overrides: dict[str, Any] = {"crop_size": max(hw)}
-        if neck is not None:
-            overrides["neck"] = neck
-        if head is not None:
-            overrides["head"] = head
-        # The dataset only sets the schedule, which does not enter a count.
-        settings = resolve_settings("fine_tune", "soda", adapter, size, overrides)
         neck, head = settings.neck, settings.head
         num_classes = num_classes or DEFAULT_NUM_CLASSES
         path = _evaluated_model("fine_tune", settings, backbone, num_classes)
@@ -243,16 +247,19 @@ def protocol_flops(
 ) -> FlopsReport:
     """Cost of the model a protocol run evaluates, at the settings' crop size.
 
-    Fine-tuning: backbone + neck + decode head (no auxiliary head). Probes: backbone +
-    their 1x1 heads. The checkpoint is loaded because it can fix the geometry (a UNIP
-    student's depth and last-block heads come from its metadata); its values do not
-    change a count.
+    Fine-tuning: backbone (with the settings' LayerScale and relative position bias) +
+    neck + decode head (no auxiliary head). Probes: backbone + their 1x1 heads. The
+    checkpoint is loaded because it can fix the geometry (a UNIP student's depth and
+    last-block heads come from its metadata); its values do not change a count.
     """
     from bench.adapter import downstream_options, load_backbone
+    from bench.protocols.finetune import finetune_backbone
 
     hw = [settings.crop_size, settings.crop_size]
     opts = downstream_options(adapter, options)
     backbone = load_backbone(adapter, size, checkpoint, img_size=hw, **opts)
+    if protocol == "fine_tune":
+        finetune_backbone(backbone, settings)
     bb, bb_params = backbone_flops(backbone, hw)
     model = _evaluated_model(protocol, settings, backbone, num_classes)
     total = count_macs(model, (torch.zeros(1, 3, *hw),))

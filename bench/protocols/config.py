@@ -1,9 +1,9 @@
 """Every hyperparameter of the three evaluation protocols, with the paper's values as defaults.
 
 One pydantic model per protocol. Per-dataset (schedules), per-size (ViT-L blocks, drop
-path) and per-adapter (UNIP's layer decay and LL-FPN) defaults live in the tables below
-and are applied by :func:`resolve_settings` before the user's overrides, so no number is
-hidden in the trainers.
+path) and per-adapter (UNIP's layer decay, LL-FPN, no relative position bias) defaults
+live in the tables below and are applied by :func:`resolve_settings` before the user's
+overrides, so no number is hidden in the trainers.
 """
 
 from __future__ import annotations
@@ -155,7 +155,10 @@ class ProtocolSettings(BaseModel):
 
 
 class FineTuneSettings(ProtocolSettings):
-    """Full fine-tuning: backbone + neck + UPerNet + auxiliary FCN, layer-wise lr decay."""
+    """Full fine-tuning: backbone + neck + UPerNet + auxiliary FCN, layer-wise lr decay.
+
+    The backbone is the released pipeline's fine-tuning ViT: LayerScale and (baselines)
+    a relative position bias added to the loaded ViT (bench.models.vit_extras)."""
 
     layer_decay: float = Field(
         0.65,
@@ -170,6 +173,19 @@ class FineTuneSettings(ProtocolSettings):
         "tensors and biases only (pos_embed and cls_token decay, as in the paper's runs).",
     )
     drop_path: float = Field(0.1, ge=0, lt=1, description="Stochastic depth (ViT-L: 0.2).")
+    layer_scale_init: float | None = Field(
+        1.0,
+        ge=0,
+        description="Initial value of the trainable per-block LayerScale (gamma_1/gamma_2) "
+        "given to blocks without one, as the released configs' init_values=1.; None or 0 = "
+        "none added. Checkpoints with their own LayerScale (DeiT III) keep their values.",
+    )
+    rel_pos_bias: bool = Field(
+        True,
+        description="Per-block relative position bias (BEiT-style, zero-initialised table "
+        "over the training crop's patch grid, plus 3 prefix-token entries), as the released "
+        "configs' use_rel_pos_bias=True; UNIP's per-adapter default is off.",
+    )
     neck: str = Field(
         "multilevel",
         description="NECKS registry name: 'multilevel' (blocks `layers`) or 'llfpn' "
@@ -271,9 +287,10 @@ SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-# Per adapter: UNIP students are fine-tuned with layer decay 0.85 and the LL-FPN neck.
+# Per adapter: UNIP students are fine-tuned with layer decay 0.85, the LL-FPN neck and
+# no relative position bias (the release's train_scripts pass use_rel_pos_bias=False).
 ADAPTER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "unip": {"fine_tune": {"layer_decay": 0.85, "neck": "llfpn"}},
+    "unip": {"fine_tune": {"layer_decay": 0.85, "neck": "llfpn", "rel_pos_bias": False}},
 }
 
 

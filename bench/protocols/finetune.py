@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
 
 from bench.backbone import Backbone
 from bench.models.segmentor import Segmentor, build_segmentor
+from bench.models.vit_extras import add_finetune_extras
 from bench.protocols.config import FineTuneSettings
 from bench.protocols.context import RunContext
 from bench.protocols.engine import Trainer, build_scheduler
 from bench.protocols.optim import build_adamw, param_groups
 
 
+def finetune_backbone(backbone: Backbone, s: FineTuneSettings) -> Backbone:
+    """The loaded backbone as the released pipeline fine-tunes it: LayerScale and, where
+    the settings ask, the relative position bias over the training crop's patch grid."""
+    side = math.ceil(s.crop_size / backbone.patch_size)  # crops are padded to the patch
+    add_finetune_extras(backbone, s.layer_scale_init, s.rel_pos_bias, (side, side))
+    return backbone
+
+
 def build_model(backbone: Backbone, num_classes: int, s: FineTuneSettings,
                 ignore_index: int = 255) -> Segmentor:
-    """The segmentor of the settings; head_* and aux_* settings are UPerNet's and FCN's."""
+    """The segmentor of the settings; head_* and aux_* settings are UPerNet's and FCN's.
+
+    The backbone is given the fine-tuning extras first (:func:`finetune_backbone`)."""
+    finetune_backbone(backbone, s)
     return build_segmentor(
         backbone,
         num_classes,
