@@ -318,7 +318,7 @@ def test_flops_params_include_exactly_the_tables_and_gammas(monkeypatch):
     assert plain.backbone_params_m == sum(p.numel() for p in vit_s.parameters())
     # `unipbench flops` counts the same fine-tuning model; UNIP's has gammas only.
     assert model_flops("mae", "small", 512).params_m == with_extras.params_m
-    unip = model_flops("unip", "small", 512, decode_head=False, options={"last_heads": 6})
+    unip = model_flops("unip", "small", 512, decode_head=False)
     assert unip.backbone_params_m == plain.backbone_params_m + 12 * 2 * 384
     # Probes build a plain ViT.
     lp = resolve_settings("linear_probe", "soda", "mae", "small", {})
