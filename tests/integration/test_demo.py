@@ -41,8 +41,9 @@ def test_demo_suite_end_to_end(tmp_path: Path) -> None:
     assert len(records) == 14 and all(r.status == "done" for r in records)
     assert {r.adapter for r in records} == set(ADAPTERS)
     unip = next(r for r in records if r.adapter == "unip" and r.protocol == "fine_tune")
-    assert unip.config["options"] == {"last_heads": 16}
+    assert unip.config["options"] == {}
     assert unip.config["settings"]["neck"] == "llfpn"  # UNIP's fine-tuning default
+    assert unip.config["settings"]["rel_pos_bias"] is False
 
     again = unipbench("run", suite, *where, "--no-progress", cwd=tmp_path, timeout=120)
     assert again.returncode == 0 and "14 done already, 0 to run" in again.stdout
