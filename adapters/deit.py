@@ -26,11 +26,19 @@ def _distillation_token(state: StateDict, context: dict) -> StateDict:
 
 def _formats(variant: str) -> tuple[CheckpointFormat, ...]:
     renames = DIST_TOKEN_RENAME + (LAYER_SCALE_RENAMES if variant == "deit3" else ())
-    notes = "; gamma_1/2 -> LayerScale" if variant == "deit3" else "; distilled: dist_token kept"
+    if variant == "deit3":
+        official_notes = "; blocks.N.gamma_1/2 -> LayerScale"
+        timm_notes = " (ls1/ls2.gamma; gamma_1/2 also read)"
+    else:
+        official_notes = timm_notes = "; distilled: dist_token kept"
     formats = (
         CheckpointFormat(
             name="official",
-            description=f"{variant} release {{'model': ...}}; head/head_dist dropped{notes}",
+            # main.py's checkpoint.pth also holds a second full copy of the weights under
+            # 'model_ema'; the published files and the repository's own loaders use 'model'.
+            description=f"{variant} release {{'model': ...}} (main.py's checkpoint also has "
+            "'optimizer', 'lr_scheduler', 'model_ema', 'scaler', 'args'; 'model' is read); "
+            f"head/head_dist dropped{official_notes}",
             key_path=("model",),
             strip_prefixes=("module.",),
             drop=HEAD_KEYS,
@@ -39,7 +47,8 @@ def _formats(variant: str) -> tuple[CheckpointFormat, ...]:
         ),
         CheckpointFormat(
             name="timm",
-            description=f"timm state dict; head/head_dist dropped{notes}",
+            description=f"timm's {variant}_* Hub file, a flat state dict; head/head_dist "
+            f"dropped{timm_notes}",
             strip_prefixes=("module.",),
             drop=HEAD_KEYS,
             rename=renames,

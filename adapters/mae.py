@@ -5,8 +5,9 @@ from bench.adapter import Adapter, CheckpointFormat
 
 PRETRAIN = CheckpointFormat(
     name="pretrain",
-    description="official pre-training file {'model': encoder+decoder, 'args', ...}; "
-    "decoder_*, mask_token dropped",
+    description="pre-training file {'model': ...}: as main_pretrain.py's save_model writes it "
+    "(encoder+decoder, 'optimizer', 'epoch', 'scaler', 'args') or as published "
+    "(mae_pretrain_vit_*.pth: the encoder only); decoder_*, mask_token dropped",
     key_path=("model",),
     strip_prefixes=("module.",),
     drop=(r"^decoder", r"^mask_token$"),
@@ -17,7 +18,8 @@ ADAPTER = Adapter(
     description="Masked autoencoder pre-training (encoder weights)",
     formats=(
         PRETRAIN,
-        flat_timm("timm-style encoder state dict; head/fc_norm dropped"),
+        flat_timm("timm's vit_*_patch16_224.mae (flat encoder state dict, no head); "
+                  "head/fc_norm dropped"),
         hf_vit(
             "Hugging Face export (ViTMAEModel / ViTMAEForPreTraining folder); decoder dropped",
             model_types=("vit_mae",),
