@@ -122,17 +122,42 @@ def _geometry_from_metadata(state: dict, context: dict) -> dict:
 
 TRAINER = CheckpointFormat(
     name="unip",
-    description="UNIP pre-training output {'model': prefix-free student, 'unip': "
-    "{'last_heads', ...}}",
+    description="UNIP pre-training output {'model': prefix-free student, ...}: the "
+    "release's save_model (needs last_heads=), or unipbench distill's, whose 'unip' "
+    "metadata holds last_heads",
     key_path=("model",),
     strip_prefixes=("module.", "student."),
     convert=_geometry_from_metadata,
 )
 
+
+def _wrapped(key: str, description: str) -> CheckpointFormat:
+    """The other wrappers the release's segmentation loader accepts.
+
+    UNIP_segmentation/mmcv_custom/checkpoint.py load_checkpoint reads
+    ``checkpoint['state_dict']``, else ``['model']``, else ``['module']`` (DeepSpeed's
+    model states, what save_model writes without a loss scaler), else the file itself,
+    and strips a ``module.`` prefix.
+    """
+    return CheckpointFormat(
+        name=key,
+        description=description,
+        key_path=(key,),
+        strip_prefixes=("module.",),
+        convert=_geometry_from_metadata,
+    )
+
+
 ADAPTER = UnipAdapter(
     name="unip",
     description="UNIP: NMI-HAD distilled student (last block with the teacher's heads)",
-    formats=(TRAINER, flat_timm("flat student state dict (needs last_heads=)")),
+    # The release loader's order of precedence: 'state_dict', 'model', 'module', flat.
+    formats=(
+        _wrapped("state_dict", "{'state_dict': student} (needs last_heads=)"),
+        TRAINER,
+        _wrapped("module", "DeepSpeed model states {'module': student, ...} (needs last_heads=)"),
+        flat_timm("flat student state dict (needs last_heads=)"),
+    ),
     extra_options=("last_heads", "head_split"),
     downstream_options={"head_split": "uniform"},
     published_sizes=("tiny", "small", "base"),

@@ -2,7 +2,10 @@
 
 Each export is written by ``save_pretrained`` from a small random ``transformers`` model;
 the backbone's block outputs must equal the model's ``hidden_states`` (``hidden_states[0]``
-is the embedding output, so block i is ``hidden_states[i + 1]``).
+is the embedding output, so block i is ``hidden_states[i + 1]``). The backbone classes
+themselves (ViTMAEModel, ViTModel for DINO, DeiTModel), at their published geometry, are
+checked against the methods' own models in test_release_formats_ssl.py; the task-head
+classes whose encoders sit under ``vit.`` / ``deit.`` are checked here.
 """
 
 from __future__ import annotations
@@ -66,11 +69,8 @@ def hf_hidden_states(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Ten
 
 
 CASES = [
-    ("mae", lambda: ViTMAEModel(mae_config()), 1),
     ("mae", lambda: ViTMAEForPreTraining(mae_config()), 1),
-    ("dino", lambda: ViTModel(ViTConfig(**GEOMETRY)), 1),
     ("deit", lambda: ViTForImageClassification(ViTConfig(**GEOMETRY, num_labels=10)), 1),
-    ("deit", lambda: DeiTModel(DeiTConfig(**GEOMETRY)), 2),
     (
         "deit",
         lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**GEOMETRY, num_labels=10)),
@@ -82,8 +82,8 @@ CASES = [
 @pytest.mark.parametrize(
     "adapter,make_model,prefix",
     CASES,
-    ids=["ViTMAEModel", "ViTMAEForPreTraining", "ViTModel-dino", "ViTForImageClassification-deit",
-         "DeiTModel", "DeiTForImageClassificationWithTeacher"],
+    ids=["ViTMAEForPreTraining", "ViTForImageClassification-deit",
+         "DeiTForImageClassificationWithTeacher"],
 )
 def test_hf_export_matches_hidden_states(tmp_path, adapter, make_model, prefix) -> None:
     model = randomise(make_model())
