@@ -133,7 +133,7 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(soda, tmp_
     settings = {**TINY_FT, "iters": 6, "warmup_iters": 0, "lr": 1e30, "checkpoint_interval": 1}
     with pytest.raises(TrainingDiverged, match=r"at iteration (\d+) of 6.*iteration (\d+)"):
         run_protocol("fine_tune", MODEL, dataset(soda), settings, tmp_path, progress=False)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["iteration"] >= 1
     assert not (tmp_path / "result.json").exists()
 
