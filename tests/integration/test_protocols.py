@@ -127,10 +127,29 @@ def test_layerwise_probe_reports_every_block(soda, tmp_path):
     assert len(mious) > 1  # independent heads on different blocks
 
 
-def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(soda, tmp_path):
-    # An absurd lr blows the weights up after the first step; the loss of step 2 is not
-    # finite. Step 1 was checkpointed and must survive.
-    settings = {**TINY_FT, "iters": 6, "warmup_iters": 0, "lr": 1e30, "checkpoint_interval": 1}
+def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(
+    soda, tmp_path, monkeypatch
+):
+    # Weights blown up after every optimiser step (what an absurd lr did before such lrs
+    # were refused up front): the loss of step 2 is not finite. Step 1 was checkpointed
+    # and must survive.
+    from bench.protocols import finetune
+
+    real_build = finetune.build_adamw
+
+    def blow_up(opt, args, kwargs) -> None:
+        with torch.no_grad():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    p.mul_(1e30)
+
+    def exploding_adamw(*args, **kwargs):
+        opt = real_build(*args, **kwargs)
+        opt.register_step_post_hook(blow_up)
+        return opt
+
+    monkeypatch.setattr(finetune, "build_adamw", exploding_adamw)
+    settings = {**TINY_FT, "iters": 6, "warmup_iters": 0, "checkpoint_interval": 1}
     with pytest.raises(TrainingDiverged, match=r"at iteration (\d+) of 6.*iteration (\d+)"):
         run_protocol("fine_tune", MODEL, dataset(soda), settings, tmp_path, progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

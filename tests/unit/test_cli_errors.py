@@ -58,6 +58,26 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench.adapter, "load_backbone", refuse)
 
 
+@pytest.mark.parametrize("value", ["1e45", "inf", "NaN", "-Infinity"])
+def test_absurd_or_non_finite_lr_is_refused_before_anything_runs(
+    soda: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, no_model: None
+) -> None:
+    assert main(_train(soda, tmp_path, f"lr={value}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "lr: Input should be" in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("setting", ["betas=[0.9, 1.0]", "weight_decay=1e9",
+                                     "warmup_ratio=2", "betas=[0.9, NaN]"])
+def test_other_optimiser_settings_out_of_range_name_their_key(
+    soda: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, no_model: None
+) -> None:
+    assert main(_train(soda, tmp_path, setting)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{setting.split('=')[0]}" in err.split("invalid")[1]
+
+
 def _one_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err
@@ -134,3 +154,29 @@ def test_any_os_error_is_one_line_naming_the_path(
     target = tmp_path / "a-file" / "soda"
     assert main(["data", "synth", "--like", "soda", "--root", str(target)]) == 2
     assert str(target) in _one_line(capsys, "data")
+
+
+def test_table_of_a_missing_suite_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert main(["table", "--suite", str(missing), "--store", str(tmp_path / "r.jsonl")]) == 2
+    err = _one_line(capsys, "table")
+    assert f"--suite {missing} does not exist" in err and "no finished runs" not in err
+
+
+def test_malformed_sha256_in_a_suite_is_called_malformed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        'suite: s\nprotocol_version: "2.0"\ndatasets: [{name: soda, root: ' + str(tmp_path)
+        + "}]\nmodels:\n  - {adapter: mae, size: T, checkpoint: " + str(weights)
+        + ", sha256: 'abc123'}\nprotocols: {fine_tune: {}}\n"
+    )
+    assert main(["validate", str(p), "--quick"]) == 1
+    err = capsys.readouterr().err
+    assert f"{p}:5: models[0].sha256: sha256 'abc123' is not a sha256 digest (64 hex" in err
+    assert "expects" not in err
