@@ -24,6 +24,10 @@ from bench.registry import did_you_mean
 # uniform head split for UNIP students downstream). 1.0 results are not comparable.
 PROTOCOL_VERSION = "2.0"
 
+# Settings that say what to keep on disk, not what is computed: changing them must not
+# change a run's identity (run id, resume fingerprint), so the hashes leave them out.
+IDENTITY_EXEMPT_SETTINGS = frozenset({"keep_training_state", "save_final_weights"})
+
 # Largest learning rate accepted: AdamW moves each weight by about lr per step, so an lr
 # beyond this is a typo (1e45), not a choice: refused up front, not left to diverge.
 MAX_LR = 10.0
@@ -133,6 +137,20 @@ class ProtocolSettings(BaseModel):
         "'bf16' autocasts on CPU too; 'no' never autocasts.",
     )
     log_interval: int = Field(20, gt=0, description="Progress-bar loss refresh, in steps.")
+    keep_training_state: bool = Field(
+        False,
+        description="Keep the resumable training state (checkpoint.pt: weights, optimiser "
+        "moments, RNG states; the cached mode's feature cache) once result.json is written. "
+        "Off: a finished run keeps result.json, and final_weights.safetensors when "
+        "`save_final_weights` is on. Not part of the run's identity.",
+    )
+    save_final_weights: bool = Field(
+        False,
+        description="Write the trained weights of the last iteration to "
+        "final_weights.safetensors in the run's folder (fine-tuning: the whole segmentor; "
+        "probing: the heads). Not part of the run's identity, so turning it on does not "
+        "rerun finished runs.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 
 from bench.diskio import atomic_write_text, check_writable_dir
 from bench.jsonsafe import json_safe
-from bench.protocols.checkpointing import run_fingerprint
+from bench.protocols.checkpointing import finish_workdir, run_fingerprint
 from bench.protocols.config import (
     PROTOCOL_VERSION,
     SETTINGS_CLASSES,
@@ -150,5 +150,6 @@ def run_protocol(
     result = json.loads(json.dumps(json_safe(result), default=str))
     if accelerator.is_main_process:
         _write_json(result, result_path)
+        finish_workdir(workdir, s.keep_training_state)  # only once the result is safe
     accelerator.wait_for_everyone()
     return result

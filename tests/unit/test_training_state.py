@@ -17,7 +17,13 @@ from accelerate import Accelerator
 from bench import diskio
 from bench.checkpoint import CheckpointError
 from bench.diskio import DiskFullError, atomic_write
-from bench.protocols.checkpointing import CHECKPOINT_NAME, STATE_FORMAT, Checkpointer
+from bench.protocols.checkpointing import (
+    CHECKPOINT_NAME,
+    STATE_FORMAT,
+    Checkpointer,
+    finish_workdir,
+    run_fingerprint,
+)
 from bench.protocols.state import (
     atomic_save,
     capture_rng_state,
@@ -192,3 +198,34 @@ def test_other_write_errors_pass_through(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="something else"):
         atomic_write(tmp_path / "x.json", broken)
+
+
+# ---------------------------------------------------------------------------- finished runs
+def test_keep_settings_are_not_part_of_the_fingerprint() -> None:
+    from bench.protocols.config import resolve_settings
+
+    def fp(**overrides) -> str:
+        s = resolve_settings("fine_tune", "soda", "mae", "T", overrides)
+        return run_fingerprint({"protocol": "fine_tune", "settings": s.model_dump(mode="json")})
+
+    base = fp()
+    assert fp(keep_training_state=True, save_final_weights=True) == base
+    assert fp(lr=2e-4) != base
+
+
+def test_finish_removes_the_training_state_only(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text("{}")
+    (tmp_path / "final_weights.safetensors").write_bytes(b"w")
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"state")
+    (tmp_path / f".{CHECKPOINT_NAME}.abc.tmp").write_bytes(b"torn")
+    (tmp_path / "feature_cache").mkdir()
+    (tmp_path / "feature_cache" / "rank0of1.features.npy").write_bytes(b"f")
+
+    assert finish_workdir(tmp_path, keep_training_state=True) == []
+    assert len(list(tmp_path.iterdir())) == 5
+    removed = finish_workdir(tmp_path, keep_training_state=False)
+    assert {p.name for p in removed} == {CHECKPOINT_NAME, f".{CHECKPOINT_NAME}.abc.tmp",
+                                         "feature_cache"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "final_weights.safetensors", "result.json"
+    ]
