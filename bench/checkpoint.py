@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,9 @@ def _safe_globals() -> list:
         core = getattr(np, "_core", None) or np.core
         allowed.append(core.multiarray.scalar)
         allowed.append(core.multiarray._reconstruct)
-        allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
+        # uint32: numpy's MT19937 key, in training states written before it became a tensor.
+        dtypes = ("float16", "float32", "float64", "int64", "int32", "uint8", "uint32", "bool")
+        allowed += [type(np.dtype(t)) for t in dtypes]
     except Exception:  # numpy is optional for reading checkpoints
         pass
     return allowed
@@ -100,10 +104,15 @@ def cached_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
     return digest
 
 
-def load_pickle_checkpoint(path: Path) -> Any:
-    """``torch.load`` with weights_only=True and an explicit allow-list; clear errors."""
+def load_pickle_checkpoint(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with weights_only=True and an explicit allow-list; clear errors.
+
+    ``what`` names the kind of file in messages (a checkpoint, a training state).
+    """
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            # A plain pickle.dump file makes torch warn about its protocol before refusing.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).split("\n") if line.strip()]
@@ -113,26 +122,70 @@ def load_pickle_checkpoint(path: Path) -> Any:
             (ln for ln in lines if "global" in ln.lower() and "weights_only" not in ln), None
         )
         if refused is not None:
+            refused = refused.split(". Please use")[0]  # torch's advice to allow-list it
+        else:
+            # torch's reader stops at the first opcode it does not know (FRAME, from any
+            # plain pickle.dump): read the stream, without running it, for what it imports.
+            imports = pickle_imports(path)
+            if imports:
+                refused = "it imports " + ", ".join(imports[:3]) + (
+                    f" and {len(imports) - 3} more" if len(imports) > 3 else ""
+                )
+        if refused is not None:
             raise CheckpointError(
-                f"refusing to load {path}: it is not a plain weights file and loading it would "
-                f"execute code or build untrusted objects ({refused}). Nothing was run. "
-                "If you trust the file, convert it to safetensors or a plain state dict first."
+                f"{what} {path} refused as unsafe: it is not a plain weights file and "
+                f"loading it would execute code or build untrusted objects ({refused}). "
+                "Nothing was run. If you trust the file, convert it to safetensors or a "
+                "plain state dict first."
             ) from None
         # Random bytes or an unknown opcode: "Unsupported operand 217".
         detail = next(
             (ln for ln in lines if ln.startswith("Unsupported")), lines[-1] if lines else ""
         )
-        raise _unreadable(path, exc, detail) from None
+        raise _unreadable(path, exc, detail, what) from None
     except Exception as exc:  # garbage bytes can fail anywhere in the unpickler
         # (RuntimeError, EOFError, BadZipFile, and KeyError/IndexError from a text file.)
-        raise _unreadable(path, exc) from None
+        raise _unreadable(path, exc, what=what) from None
 
 
-def _unreadable(path: Path, exc: Exception, detail: str | None = None) -> CheckpointError:
+# Opcodes that import a global; every way a pickle runs code starts with one of them.
+_IMPORT_OPS = {"GLOBAL", "STACK_GLOBAL", "INST"}
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
+
+
+def pickle_imports(path: Path) -> list[str]:
+    """The globals (``module.name``) the first pickle in ``path`` would import.
+
+    Read with :func:`pickletools.genops`, which parses opcodes and never executes them.
+    Empty when the file is no complete pickle stream (garbage is not called malicious).
+    """
+    names: list[str] = []
+    strings: list[str] = []
+    complete = False
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _pos in pickletools.genops(f):
+                if op.name in _STRING_OPS:
+                    strings.append(str(arg))
+                elif op.name == "STACK_GLOBAL":
+                    # module and name are the two strings pushed last (memo lookups aside).
+                    names.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+                elif op.name in _IMPORT_OPS:
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STOP":
+                    complete = True
+    except Exception:  # not a pickle, or truncated: pickletools says why, we only ask what
+        return []
+    return list(dict.fromkeys(names)) if complete else []
+
+
+def _unreadable(
+    path: Path, exc: Exception, detail: str | None = None, what: str = "checkpoint"
+) -> CheckpointError:
     if detail is None:
         detail = str(exc).splitlines()[0] if str(exc) else ""
     return CheckpointError(
-        f"cannot read checkpoint {path}: it is not a torch checkpoint, or it is truncated "
+        f"cannot read {what} {path}: it is not a torch checkpoint, or it is truncated "
         f"or corrupt ({type(exc).__name__}: {detail})"
     )
 

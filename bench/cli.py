@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from bench.diskio import os_error_line
 from bench.registry import COMMANDS, RegistryError
 
 BUILTIN_COMMAND_MODULES = (
@@ -88,7 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed work is kept and a rerun resumes it", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, FileNotFoundError, KeyError) as exc:
+    except OSError as exc:
+        # Missing, unwritable or read-only paths, a full disk: one line naming the path.
+        if getattr(args, "debug", False):
+            raise
+        print(f"unipbench {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except (CommandError, ValueError, KeyError) as exc:
         # User errors (bad flag, file, YAML, checkpoint) get one clear line, no traceback.
         if getattr(args, "debug", False):
             raise

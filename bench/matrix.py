@@ -146,7 +146,7 @@ def checkpoint_identity(
 
 def expand(suite: Suite, hash_cache: HashCache | None = None) -> list[Run]:
     """Every run of ``suite``, in a stable order: model, dataset, protocol, seed."""
-    from bench.protocols.config import PROTOCOL_VERSION
+    from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS, PROTOCOL_VERSION
     from bench.suite_checks import resolved_settings
 
     cache = hash_cache or HashCache(None)
@@ -170,7 +170,9 @@ def expand(suite: Suite, hash_cache: HashCache | None = None) -> list[Run]:
                             "options": m.options,
                         },
                         "dataset": {"name": d.name, "layout": d.layout, "synthetic": synthetic},
-                        "settings": settings,
+                        # What to keep on disk is not part of what is computed.
+                        "settings": {k: v for k, v in settings.items()
+                                     if k not in IDENTITY_EXEMPT_SETTINGS},
                         "seed": seed,
                     }
                     runs.append(Run(

@@ -62,6 +62,15 @@ class Paths:
     def hash_cache(self) -> HashCache:
         return HashCache(self.workdir / ".sha256-cache.json")
 
+    def check_writable(self) -> None:
+        """Fail now, naming the path, if a run could not write its folder or its record
+        (the store and its lock file), instead of after training."""
+        from bench.diskio import check_writable_dir, check_writable_file
+
+        check_writable_dir(self.workdir, "workdir")
+        check_writable_file(self.store, "results store")
+        check_writable_file(Path(f"{self.store}.lock"), "results store's lock file")
+
 
 # ---------------------------------------------------------------------------- states
 def run_states(runs: list[Run], paths: Paths) -> dict[str, tuple[str, RunRecord | None]]:
@@ -305,6 +314,7 @@ def run_suite(
     """Run what is not done yet with ``executor`` (see :mod:`bench.executors`)."""
     from tqdm import tqdm
 
+    paths.check_writable()
     runs = select_runs(suite, paths, only)
     states = run_states(runs, paths)
     todo = [r for r in runs if states[r.run_id][0] != "done"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.choices import yaml_bools_to_choices
 from bench.registry import did_you_mean
@@ -78,6 +78,16 @@ class ModelSpec(_Spec):
     overrides: ProtocolOverrides = Field(
         default_factory=dict, description="Per-protocol settings for this model only."
     )
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, v: str | None) -> str | None:
+        # A typo here must read as a typo, not as "the checkpoint does not match".
+        if v is not None:
+            from bench.checkpoint import check_sha256
+
+            check_sha256(v)
+        return v
 
     @property
     def label(self) -> str:
@@ -275,7 +285,8 @@ def _schema_problems(exc: ValidationError, sources: list[YamlSource]) -> list[Su
         elif err["type"] == "missing":
             msg = f"missing required key {loc[-1]!r}"
         else:
-            msg = f"{err['msg']} (got {err.get('input')!r})" + literal_hint(err)
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            msg = f"{msg} (got {err.get('input')!r})" + literal_hint(err)
         file, line = locate(sources, loc)
         problems.append(SuiteProblem(file, line, format_path(loc), msg))
     return problems

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -25,10 +26,14 @@ from unip.nmi import NMI_TARGET
 
 # Keys that may differ between a run and its resumption: they change how, not what.
 RESUMABLE_KEYS = frozenset({"data.num_workers", "save_every", "log_every", "resume", "progress"})
+# Largest learning rate accepted (absolute, or base_lr x batch_size / 256): AdamW moves
+# each weight by about lr per step, so beyond this nothing trains.
+MAX_LR = 10.0
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/nan anywhere: `--set optim.lr=.inf` would otherwise only fail inside AdamW.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -86,9 +91,27 @@ class OptimConfig(_Strict):
     batch_size: int = Field(4096, ge=1, description="total: processes x accumulation x micro")
     accum_steps: int = Field(1, ge=1)
     base_lr: float = Field(1.5e-4, gt=0, description="lr = base_lr * batch_size / 256")
-    lr: float | None = Field(None, gt=0, description="absolute lr; overrides base_lr")
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.05, ge=0)
+    lr: float | None = Field(None, gt=0, le=MAX_LR, description="absolute lr; overrides base_lr")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1)")
+    weight_decay: float = Field(0.05, ge=0, le=10)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must each be in [0, 1), got {v}")
+        return v
+
+    @field_validator("base_lr")
+    @classmethod
+    def _scaled_lr_in_range(cls, v: float, info: ValidationInfo) -> float:
+        batch = info.data.get("batch_size")  # declared before base_lr: already validated
+        if batch is not None and v * batch / 256 > MAX_LR:
+            raise ValueError(
+                f"base_lr {v:g} x batch_size {batch} / 256 = {v * batch / 256:g} exceeds "
+                f"the largest lr, {MAX_LR:g}"
+            )
+        return v
 
     @property
     def effective_lr(self) -> float:
@@ -146,7 +169,8 @@ def _describe_errors(exc: ValidationError, source: str, overridden: set[str]) ->
     for err in exc.errors():
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
         where = "--set" if key in overridden else source
-        parts.append(f"{where}: {key}: {err['msg']}")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {key}: {msg}")
     return "; ".join(parts)
 
 

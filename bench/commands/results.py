@@ -16,6 +16,10 @@ def selected_records(args: argparse.Namespace) -> tuple[list[RunRecord], str]:
     run_ids = None
     name = None
     title = "leaderboard"
+    if args.suite and _looks_like_a_file(args.suite) and not Path(args.suite).is_file():
+        what = "is a folder, not" if Path(args.suite).is_dir() else "does not exist: expected"
+        raise FileNotFoundError(f"--suite {args.suite} {what} a suite file (or give a suite "
+                                "name, as stored with each result)")
     if args.suite and Path(args.suite).is_file():
         from bench.runner import Paths, select_runs
         from bench.suite import load_suite
@@ -39,6 +43,12 @@ def selected_records(args: argparse.Namespace) -> tuple[list[RunRecord], str]:
         what = f"suite {args.suite!r}" if args.suite else "any suite"
         raise ValueError(f"no finished runs of {what} in {store}")
     return records, title
+
+
+def _looks_like_a_file(suite: str) -> bool:
+    """A YAML file name or a path with a folder: not a suite name."""
+    p = Path(suite)
+    return p.suffix.lower() in (".yaml", ".yml") or len(p.parts) > 1
 
 
 def table(args: argparse.Namespace) -> int:

@@ -2,13 +2,19 @@
 
 The file holds the trainable modules, optimiser, lr scheduler, grad scaler, every rank's
 RNG states, the iteration reached and the evaluation history. The data position is the
-iteration itself: samplers derive the stream from (seed, iteration) alone.
+iteration itself: samplers derive the stream from (seed, iteration) alone. It is read
+with ``weights_only=True``: a file that would run code on loading is refused.
+
+Once a run's result is written, :func:`finish_workdir` removes the training state unless
+``keep_training_state`` asks to keep it; ``save_final_weights`` keeps the trained weights
+as safetensors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,8 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from bench.diskio import atomic_write
+from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS
 from bench.protocols.state import (
     atomic_save,
     capture_rng_state,
@@ -24,13 +32,51 @@ from bench.protocols.state import (
 )
 
 CHECKPOINT_NAME = "checkpoint.pt"
+FINAL_WEIGHTS_NAME = "final_weights.safetensors"
 STATE_FORMAT = "unipbench-train-state/1"
+WEIGHTS_FORMAT = "unipbench-final-weights/1"
 
 
 def run_fingerprint(spec: dict[str, Any]) -> str:
-    """sha256 of everything that defines a run; a checkpoint only resumes the same run."""
+    """sha256 of everything that defines a run; a checkpoint only resumes the same run.
+
+    Settings that only say what to keep on disk (``IDENTITY_EXEMPT_SETTINGS``) are left
+    out: changing them neither restarts a run nor orphans its result.
+    """
+    settings = spec.get("settings")
+    if isinstance(settings, dict):
+        kept = {k: v for k, v in settings.items() if k not in IDENTITY_EXEMPT_SETTINGS}
+        spec = {**spec, "settings": kept}
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def training_state_paths(workdir: str | Path) -> list[Path]:
+    """What a run keeps only to resume: the checkpoint, its unfinished temp files, and
+    the cached mode's feature cache."""
+    from bench.protocols.feature_cache import CACHE_DIR  # imports this module
+
+    wd = Path(workdir)
+    return [wd / CHECKPOINT_NAME, *sorted(wd.glob(f".{CHECKPOINT_NAME}.*.tmp")), wd / CACHE_DIR]
+
+
+def finish_workdir(workdir: str | Path, keep_training_state: bool) -> list[Path]:
+    """After result.json is written: remove the training state unless asked to keep it.
+
+    Returns what was removed. Call on the main process only.
+    """
+    if keep_training_state:
+        return []
+    removed = []
+    for p in training_state_paths(workdir):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        removed.append(p)
+    return removed
 
 
 class Checkpointer:
@@ -73,6 +119,22 @@ class Checkpointer:
                 "seed); use a fresh workdir or delete the checkpoint to start over"
             )
         return state
+
+    def save_weights(self, module: Any, iteration: int) -> Path:
+        """``module``'s state dict as safetensors (main process writes; all ranks call)."""
+        from safetensors.torch import save
+
+        path = self.path.with_name(FINAL_WEIGHTS_NAME)
+        if self.accelerator.is_main_process:
+            # Copies: safetensors refuses tensors that share memory (tied weights).
+            tensors = {k: v.detach().cpu().contiguous().clone()
+                       for k, v in module.state_dict().items()}
+            meta = {"format": WEIGHTS_FORMAT, "fingerprint": self.fingerprint,
+                    "iteration": str(iteration)}
+            data = save(tensors, metadata=meta)
+            atomic_write(path, lambda f: f.write(data))
+        self.accelerator.wait_for_everyone()
+        return path
 
     def restore_rng(self, state: dict[str, Any]) -> None:
         """This rank's RNG states; bit-identical resume needs the same process count."""

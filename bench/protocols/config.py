@@ -24,6 +24,14 @@ from bench.registry import did_you_mean
 # uniform head split for UNIP students downstream). 1.0 results are not comparable.
 PROTOCOL_VERSION = "2.0"
 
+# Settings that say what to keep on disk, not what is computed: changing them must not
+# change a run's identity (run id, resume fingerprint), so the hashes leave them out.
+IDENTITY_EXEMPT_SETTINGS = frozenset({"keep_training_state", "save_final_weights"})
+
+# Largest learning rate accepted: AdamW moves each weight by about lr per step, so an lr
+# beyond this is a typo (1e45), not a choice: refused up front, not left to diverge.
+MAX_LR = 10.0
+
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 LossNorm = Literal["all_pixels", "labelled_pixels"]
 
@@ -35,7 +43,8 @@ class ProtocolSettings(BaseModel):
     table (:data:`DATASET_DEFAULTS`) or from an override.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/nan anywhere: `--set lr=inf` would otherwise only fail inside the optimiser.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # ---- data pipeline (mmseg-style, the paper's 512 x 512 setting)
     crop_size: int = Field(512, gt=0, description="Random crop side for training (pixels).")
@@ -66,10 +75,13 @@ class ProtocolSettings(BaseModel):
     slide_stride: int = Field(341, gt=0, description="Sliding-window stride (pixels).")
 
     # ---- optimiser: AdamW
-    lr: float = Field(1e-4, gt=0, description="Base learning rate.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    lr: float = Field(1e-4, gt=0, le=MAX_LR, description="Base learning rate (0 < lr <= 10).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
     weight_decay: float = Field(
-        0.05, ge=0, description="AdamW weight decay, on the parameters `weight_decay_rule` picks."
+        0.05,
+        ge=0,
+        le=10,
+        description="AdamW weight decay, on the parameters `weight_decay_rule` picks.",
     )
     weight_decay_rule: WeightDecayRule = Field(
         "all",
@@ -93,9 +105,13 @@ class ProtocolSettings(BaseModel):
     warmup_iters: int | None = Field(
         None, ge=0, description="Linear warm-up steps (from the dataset table)."
     )
-    warmup_ratio: float = Field(1e-6, ge=0, description="lr multiplier at step 0 (mmseg).")
-    poly_power: float = Field(1.0, gt=0, description="Poly decay power after warm-up.")
-    min_lr_ratio: float = Field(0.0, ge=0, description="Floor of the poly decay (x lr).")
+    warmup_ratio: float = Field(
+        1e-6, ge=0, le=1, description="lr multiplier at step 0 (mmseg), in [0, 1]."
+    )
+    poly_power: float = Field(1.0, gt=0, le=10, description="Poly decay power after warm-up.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Floor of the poly decay (x lr), in [0, 1]."
+    )
 
     # ---- backbone features
     layers: list[int] = Field(
@@ -121,12 +137,33 @@ class ProtocolSettings(BaseModel):
         "'bf16' autocasts on CPU too; 'no' never autocasts.",
     )
     log_interval: int = Field(20, gt=0, description="Progress-bar loss refresh, in steps.")
+    keep_training_state: bool = Field(
+        False,
+        description="Keep the resumable training state (checkpoint.pt: weights, optimiser "
+        "moments, RNG states; the cached mode's feature cache) once result.json is written. "
+        "Off: a finished run keeps result.json, and final_weights.safetensors when "
+        "`save_final_weights` is on. Not part of the run's identity.",
+    )
+    save_final_weights: bool = Field(
+        False,
+        description="Write the trained weights of the last iteration to "
+        "final_weights.safetensors in the run's folder (fine-tuning: the whole segmentor; "
+        "probing: the heads). Not part of the run's identity, so turning it on does not "
+        "rerun finished runs.",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _yaml_bools(cls, data: Any) -> Any:
         # YAML 1.1 reads `mixed_precision: no` as False: give the choice its name back.
         return yaml_bools_to_choices(cls, data)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must each be in [0, 1), got {v}")
+        return v
 
     @field_validator("ratio_range")
     @classmethod
@@ -234,8 +271,8 @@ class LinearProbeSettings(ProtocolSettings):
     @field_validator("sweep_lrs")
     @classmethod
     def _positive_lrs(cls, v: list[float]) -> list[float]:
-        if any(lr <= 0 for lr in v):
-            raise ValueError(f"every sweep lr must be > 0, got {v}")
+        if any(not 0 < lr <= MAX_LR for lr in v):
+            raise ValueError(f"every sweep lr must be in (0, {MAX_LR:g}], got {v}")
         return v
 
 

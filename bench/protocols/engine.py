@@ -237,6 +237,8 @@ class Trainer:
                 self.saved_at = done
         bar.close()
         last = self._eval(s.iters, best, history)
+        if s.save_final_weights:
+            self.ckpt.save_weights(self.state_module, s.iters)
         return TrainOutcome(
             last=last,
             best=best,

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import set_seed
 
+from bench.diskio import atomic_write_text, check_writable_dir
 from bench.jsonsafe import json_safe
-from bench.protocols.checkpointing import run_fingerprint
+from bench.protocols.checkpointing import finish_workdir, run_fingerprint
 from bench.protocols.config import (
     PROTOCOL_VERSION,
     SETTINGS_CLASSES,
@@ -64,12 +63,7 @@ def _settings(
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str, allow_nan=False))
 
 
 def run_protocol(
@@ -120,6 +114,7 @@ def run_protocol(
                             s.eval_split or info.default_eval_split))
     for split in splits:
         quick_check(dataset["name"], dataset["root"], split, layout=dataset["layout"])
+    check_writable_dir(workdir, "workdir")  # before training, not when saving its result
 
     accelerator = make_accelerator(s.mixed_precision, log_dir=workdir / "logs")
     set_seed(seed)
@@ -164,5 +159,6 @@ def run_protocol(
     result = json.loads(json.dumps(json_safe(result), default=str))
     if accelerator.is_main_process:
         _write_json(result, result_path)
+        finish_workdir(workdir, s.keep_training_state)  # only once the result is safe
     accelerator.wait_for_everyone()
     return result

@@ -176,7 +176,7 @@ def test_kill_and_resume_gives_the_same_student(workspace: Path) -> None:
             proc.kill()
     out = workspace / "run_kill"
     assert not (out / "student.pth").exists()
-    assert torch.load(out / "checkpoint.pth", weights_only=False)["step"] == 3
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["step"] == 3
     with open(out / "log.jsonl", "a") as f:
         f.write('{"step": 6, "los')  # as if killed mid-write
 
@@ -266,7 +266,7 @@ def test_optimiser_and_schedule_follow_the_recipe(workspace: Path) -> None:
     ]
     assert [s.lr for s in seen] == pytest.approx(want, rel=1e-12, abs=1e-15)
 
-    state = torch.load(workspace / "run_recipe" / "checkpoint.pth", weights_only=False)
+    state = torch.load(workspace / "run_recipe" / "checkpoint.pth", weights_only=True)
     groups = state["optimizer"]["param_groups"]
     assert all(tuple(g["betas"]) == (0.9, 0.95) for g in groups)
     assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.05]

@@ -127,15 +127,70 @@ def test_layerwise_probe_reports_every_block(soda, tmp_path):
     assert len(mious) > 1  # independent heads on different blocks
 
 
-def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(soda, tmp_path):
-    # An absurd lr blows the weights up after the first step; the loss of step 2 is not
-    # finite. Step 1 was checkpointed and must survive.
-    settings = {**TINY_FT, "iters": 6, "warmup_iters": 0, "lr": 1e30, "checkpoint_interval": 1}
+def test_nan_loss_stops_naming_the_iteration_and_keeps_the_checkpoint(
+    soda, tmp_path, monkeypatch
+):
+    # Weights blown up after every optimiser step (what an absurd lr did before such lrs
+    # were refused up front): the loss of step 2 is not finite. Step 1 was checkpointed
+    # and must survive.
+    from bench.protocols import finetune
+
+    real_build = finetune.build_adamw
+
+    def blow_up(opt, args, kwargs) -> None:
+        with torch.no_grad():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    p.mul_(1e30)
+
+    def exploding_adamw(*args, **kwargs):
+        opt = real_build(*args, **kwargs)
+        opt.register_step_post_hook(blow_up)
+        return opt
+
+    monkeypatch.setattr(finetune, "build_adamw", exploding_adamw)
+    settings = {**TINY_FT, "iters": 6, "warmup_iters": 0, "checkpoint_interval": 1}
     with pytest.raises(TrainingDiverged, match=r"at iteration (\d+) of 6.*iteration (\d+)"):
         run_protocol("fine_tune", MODEL, dataset(soda), settings, tmp_path, progress=False)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["iteration"] >= 1
     assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.parametrize("protocol", ["fine_tune", "linear_probe_cached"])
+def test_a_finished_run_keeps_only_its_result(soda, tmp_path, protocol):
+    """Checkpoint (and the cached mode's feature cache) go once result.json is written."""
+    settings = {**TINY_FT, "iters": 2, "checkpoint_interval": 1}
+    if protocol == "linear_probe_cached":
+        protocol, settings = "linear_probe", {**TINY, "iters": 2, "checkpoint_interval": 1,
+                                              "mode": "cached", "sweep_lrs": [1e-3]}
+    run_protocol(protocol, MODEL, dataset(soda), settings, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_kept_state_and_final_weights_are_the_last_iteration(soda, tmp_path):
+    from safetensors import safe_open
+
+    keep = {"keep_training_state": True, "save_final_weights": True}
+    settings = {**TINY_FT, "iters": 2, "checkpoint_interval": 2}
+    r = run_protocol("fine_tune", MODEL, dataset(soda), {**settings, **keep}, tmp_path,
+                     progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt", "final_weights.safetensors", "result.json"
+    ]
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 2
+    with safe_open(tmp_path / "final_weights.safetensors", "pt") as f:
+        assert f.metadata()["fingerprint"] == r["fingerprint"]
+        assert f.metadata()["iteration"] == "2"
+        weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    assert weights.keys() == state["model"].keys()
+    assert any(k.startswith("backbone.") for k in weights)  # the whole segmentor
+    for k, v in weights.items():
+        assert torch.equal(v, state["model"][k]), k
+    # Same run without the keep settings: the stored result, nothing retrained or removed.
+    again = run_protocol("fine_tune", MODEL, dataset(soda), settings, tmp_path, progress=False)
+    assert again == r and (tmp_path / "checkpoint.pt").exists()
 
 
 def test_bad_dataset_folder_fails_fast(tmp_path):

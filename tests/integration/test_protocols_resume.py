@@ -50,7 +50,7 @@ def test_sigkill_then_rerun_gives_bit_identical_metrics(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (resumed / "result.json").exists(), "the run finished before it was killed"
-    before_kill = torch.load(ckpt, map_location="cpu", weights_only=False)["elapsed_s"]
+    before_kill = torch.load(ckpt, map_location="cpu", weights_only=True)["elapsed_s"]
     _finish(_start(resumed, root))
 
     a = json.loads((straight / "result.json").read_text())

@@ -32,19 +32,54 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def write_payload(path: Path, obj: object, writer: str) -> None:
+    """``obj`` as torch.save writes it, or as a plain pickle (protocol 2, or the default
+    one, whose FRAME opcodes torch's safe reader does not parse at all)."""
+    if writer == "torch.save":
+        torch.save(obj, path)
+    elif writer == "pickle-2":
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+    else:
+        path.write_bytes(pickle.dumps(obj))
+
+
+WRITERS = ["torch.save", "pickle-2", "pickle-default"]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, writer) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    obj = {"model": tiny_state(), "extra": Payload(marker)}
-    if writer == "torch.save":
-        torch.save(obj, path)
-    else:
-        path.write_bytes(pickle.dumps(obj, protocol=2))
+    write_payload(path, {"model": tiny_state(), "extra": Payload(marker)}, writer)
 
-    with pytest.raises(CheckpointError, match=r"refusing to load .*evil\.pth.*Nothing was run"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint .*evil\.pth refused as unsafe.*Nothing was run"
+    ):
         load_backbone("mae", "tiny", path, depth=2, cache_dir=tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_bare_malicious_pickle_is_called_unsafe_not_corrupt(tmp_path, writer) -> None:
+    """The payload alone, no weights around it: still refused as unsafe, naming the
+    global it imports, and never 'corrupt'."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "bare.pkl"
+    write_payload(path, Payload(marker), writer)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    msg = str(info.value)
+    assert f"{path} refused as unsafe" in msg and "open" in msg
+    assert "corrupt" not in msg and "weights_only" not in msg
+    assert not marker.exists()
+
+
+def test_plain_pickle_of_harmless_data_is_unreadable_not_unsafe(tmp_path) -> None:
+    """A pickle that imports nothing is not called malicious (torch cannot read it)."""
+    path = tmp_path / "numbers.pkl"
+    path.write_bytes(pickle.dumps({"epoch": 3, "lr": [0.1, 0.2]}))
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*numbers\.pkl"):
+        read_checkpoint(path)
 
 
 def test_training_checkpoint_with_namespace_loads(tmp_path) -> None:

@@ -88,3 +88,58 @@ def test_every_field_is_documented():
     for cls in SETTINGS_CLASSES.values():
         for name, field in cls.model_fields.items():
             assert field.description, f"{cls.__name__}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "key", "value"),
+    [
+        ("fine_tune", "lr", 1e45),
+        ("fine_tune", "lr", 10.5),
+        ("fine_tune", "lr", float("inf")),
+        ("fine_tune", "weight_decay", float("nan")),
+        ("fine_tune", "weight_decay", 50.0),
+        ("fine_tune", "betas", (0.9, 1.0)),
+        ("fine_tune", "betas", (-0.1, 0.999)),
+        ("fine_tune", "warmup_ratio", 1.5),
+        ("fine_tune", "min_lr_ratio", 2.0),
+        ("fine_tune", "aux_loss_weight", float("inf")),
+        ("fine_tune", "ratio_range", (0.5, float("inf"))),
+        ("linear_probe", "sweep_lrs", [1e-3, 1e3]),
+        ("linear_probe", "sweep_lrs", [float("nan")]),
+    ],
+)
+def test_absurd_and_non_finite_values_are_refused_naming_the_key(protocol, key, value):
+    with pytest.raises(ValidationError) as info:
+        resolve_settings(protocol, "soda", "mae", "T", {key: value})
+    assert [e["loc"][0] for e in info.value.errors()] == [key]
+
+
+def test_bounds_keep_every_value_a_user_would_set():
+    s = resolve_settings("fine_tune", "soda", "mae", "T", {
+        "lr": 10, "betas": (0.0, 0.9999), "weight_decay": 0.0, "warmup_ratio": 1.0,
+        "min_lr_ratio": 0.0,
+    })
+    assert s.lr == 10 and s.betas == (0.0, 0.9999)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=1e45", "optim.lr"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.base_lr=.nan", "optim.base_lr"),
+        ("optim.base_lr=1", "optim.base_lr"),  # x 4096 / 256 = 16
+        ("optim.betas=[0.9, 1.5]", "optim.betas"),
+        ("optim.weight_decay=1e9", "optim.weight_decay"),
+        ("optim.warmup_epochs=.inf", "optim.warmup_epochs"),
+    ],
+)
+def test_distillation_refuses_absurd_optimiser_values_naming_the_key(tmp_path, override, key):
+    from unip.distill_config import load_config
+
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("teacher: {adapter: mae, size: T}\ndata: {path: images}\noutput_dir: out\n")
+    with pytest.raises(ValueError) as info:
+        load_config(cfg, [override])
+    msg = str(info.value)
+    assert msg.startswith(f"--set: {key}: ") and "\n" not in msg

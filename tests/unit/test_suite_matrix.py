@@ -74,6 +74,19 @@ def test_ids_change_with_settings_seed_and_version(tmp_path: Path, monkeypatch) 
     assert not set(ids(p)) & set(base)
 
 
+def test_ids_ignore_what_a_run_keeps_on_disk(tmp_path: Path) -> None:
+    """keep_training_state / save_final_weights change files kept, not results."""
+    base = expand(load_suite(suite_file(tmp_path)))
+    p = suite_file(tmp_path)
+    p.write_text(p.read_text().replace(
+        "warmup_iters: 2}", "warmup_iters: 2, keep_training_state: true, "
+        "save_final_weights: true}"
+    ))
+    kept = expand(load_suite(p))
+    assert kept[0].settings["keep_training_state"] is True
+    assert [r.run_id for r in kept] == [r.run_id for r in base]
+
+
 def test_ids_follow_checkpoint_content_not_path(tmp_path: Path) -> None:
     ck = tmp_path / "w.pth"
     ck.write_bytes(b"weights-1")
