@@ -2,7 +2,8 @@
 
 The same call runs on CPU, one GPU, or under ``accelerate launch`` with several
 processes; a rerun in the same workdir resumes from the last checkpoint, and a finished
-workdir returns its stored result without training.
+workdir returns its stored result without training, once the data's fingerprint and the
+weights' digest show it is the same run (see :func:`run_identity`).
 """
 
 from __future__ import annotations
