@@ -119,7 +119,7 @@ def _stored_result(
                 else "it was written before results recorded their data and weights digests")
         raise ValueError(
             f"{path} holds the result of a different run ({what}); use a fresh workdir, "
-            "or delete that result.json to run this one there"
+            "or empty this one to run there"
         )
     if int(os.environ.get("RANK", "0")) == 0:
         (log or _to_stderr)(f"reusing the finished run in {path.parent} (matched on "
