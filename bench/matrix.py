@@ -1,10 +1,11 @@
 """A suite's run matrix (models x datasets x protocols x seeds) and stable run ids.
 
 A run's id hashes what determines its result: adapter, size, options, the checkpoint's
-sha256 (not its path), dataset name and layout, protocol, fully resolved settings, seed
-and protocol version. Paths, labels and the suite's name are kept with the run but are
-not part of the id, so moving a file or renaming a row does not redo work, while any
-change of weights or hyperparameters does.
+sha256 (not its path), dataset name, layout and content (a fingerprint per split, see
+:func:`bench.data.dataset_fingerprint`), protocol, fully resolved settings, seed and
+protocol version. Paths, labels and the suite's name are kept with the run but are not
+part of the id, so moving a file or renaming a row does not redo work, while any change
+of weights, data or hyperparameters does.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ class Run:
         return f"{model}/{self.dataset}/{self.protocol}/s{self.seed}"
 
     def config(self) -> dict[str, Any]:
-        """The resolved configuration stored with the result (identity + paths + labels)."""
+        """The resolved configuration stored with the result (identity + paths + labels);
+        ``identity`` is what the run id hashes, kept so a later run can say what changed."""
         out = asdict(self)
-        out.pop("identity")
         out.pop("run_id")
         return out
 
@@ -144,23 +145,36 @@ def checkpoint_identity(
     return str(path), f"missing:{path}"
 
 
-def expand(suite: Suite, hash_cache: HashCache | None = None) -> list[Run]:
-    """Every run of ``suite``, in a stable order: model, dataset, protocol, seed."""
+def expand(suite: Suite, hash_cache: HashCache | None = None, data: bool = True) -> list[Run]:
+    """Every run of ``suite``, in a stable order: model, dataset, protocol, seed.
+
+    ``data=False`` leaves the data's content out of the identities (and reads no data):
+    only for deciding which datasets to generate, never for ids that are stored.
+    """
+    from bench.identity import IDENTITY_SCHEME, data_content, run_splits
     from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS, PROTOCOL_VERSION
     from bench.suite_checks import resolved_settings
 
     cache = hash_cache or HashCache(None)
     spec = suite.spec
+    contents: dict[tuple[int, tuple[str, ...]], dict[str, str] | None] = {}
     runs: list[Run] = []
     for mi, m in enumerate(spec.models):
         size = canonical_size(m.size)
         ckpt, weights = checkpoint_identity(m.checkpoint, m.sha256, cache)
         for di, d in enumerate(spec.datasets):
             synthetic = d.synthetic.model_dump() if d.synthetic else None
+            root = Path(d.root).expanduser().resolve()
             for protocol in spec.protocols:
                 settings = resolved_settings(suite, mi, di, protocol).model_dump(mode="json")
+                splits = tuple(run_splits(settings, d.name))
+                if (di, splits) not in contents:  # one fingerprint per dataset and splits
+                    contents[di, splits] = (
+                        data_content(d.name, root, list(splits), d.layout) if data else None
+                    )
                 for seed in spec.seeds:
                     identity = {
+                        "scheme": IDENTITY_SCHEME,
                         "protocol": protocol,
                         "protocol_version": PROTOCOL_VERSION,
                         "model": {
@@ -169,7 +183,8 @@ def expand(suite: Suite, hash_cache: HashCache | None = None) -> list[Run]:
                             "weights": weights,
                             "options": m.options,
                         },
-                        "dataset": {"name": d.name, "layout": d.layout, "synthetic": synthetic},
+                        "dataset": {"name": d.name, "layout": d.layout,
+                                    "content": contents[di, splits]},
                         # What to keep on disk is not part of what is computed.
                         "settings": {k: v for k, v in settings.items()
                                      if k not in IDENTITY_EXEMPT_SETTINGS},
@@ -187,7 +202,7 @@ def expand(suite: Suite, hash_cache: HashCache | None = None) -> list[Run]:
                         checkpoint_sha256=weights if weights and _is_digest(weights) else None,
                         options=dict(m.options),
                         dataset=d.name,
-                        dataset_root=str(Path(d.root).expanduser().resolve()),
+                        dataset_root=str(root),
                         layout=d.layout,
                         synthetic=synthetic,
                         settings=settings,

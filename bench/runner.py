@@ -1,5 +1,8 @@
 """Running a suite: expand, skip what the store has, resume the rest, record every outcome.
 
+A run's id covers its inputs' content (see :mod:`bench.matrix`), so a result is reused
+only for the same data, weights, settings, seed and protocol version, and says so.
+
 ``execute_run`` is what a worker (this process, a local process, a SLURM task) does for
 one run: the protocol (which resumes from the run's folder), FLOPs, one store record. A
 failing run is recorded as failed with its error and the others go on.
@@ -20,7 +23,14 @@ from typing import Any
 from filelock import FileLock
 
 from bench.matrix import HashCache, Run, expand
-from bench.store import DEFAULT_STORE, RunRecord, append_record, latest_by_run, read_records
+from bench.store import (
+    DEFAULT_STORE,
+    RunRecord,
+    append_record,
+    done_record,
+    latest_by_run,
+    read_records,
+)
 from bench.suite import Suite
 
 DEFAULT_WORKDIR = Path("results/runs")
@@ -73,9 +83,13 @@ class Paths:
 
 
 # ---------------------------------------------------------------------------- states
-def run_states(runs: list[Run], paths: Paths) -> dict[str, tuple[str, RunRecord | None]]:
-    """run id -> (state, record that decided it). Partial: a run folder but no record."""
-    latest = latest_by_run(read_records(paths.store))
+def run_states(
+    runs: list[Run], paths: Paths, latest: dict[str, RunRecord] | None = None
+) -> dict[str, tuple[str, RunRecord | None]]:
+    """run id -> (state, record that decided it). Partial: a run folder but no record.
+    ``latest``: the store's :func:`latest_by_run`, when the caller has read it already."""
+    if latest is None:
+        latest = latest_by_run(read_records(paths.store))
     out: dict[str, tuple[str, RunRecord | None]] = {}
     for run in runs:
         rec = latest.get(run.run_id)
@@ -94,7 +108,11 @@ def _has_files(d: Path) -> bool:
 
 # ---------------------------------------------------------------------------- datasets
 def prepare_datasets(runs: list[Run], log: Callable[[str], None] = print) -> None:
-    """Generate the synthetic datasets the runs need and do not have yet (once, locked)."""
+    """Generate the synthetic datasets the runs need and do not have yet (once, locked).
+
+    This comes before the runs' ids are fixed: an id covers the data's content, so it can
+    only be taken once the data exists.
+    """
     done: set[str] = set()
     for run in runs:
         if run.synthetic is None or run.dataset_root in done:
@@ -136,15 +154,6 @@ def _cached_flops(protocol: str, settings_json: str, adapter: str, size: str,
                           checkpoint=checkpoint)
 
 
-def _fingerprints(run: Run, result: dict) -> dict[str, str]:
-    from bench.data import dataset_fingerprint
-
-    ds = result.get("dataset", {})
-    splits = [s for s in (ds.get("train_split"), ds.get("eval_split")) if s]
-    return {s: dataset_fingerprint(run.dataset, run.dataset_root, s, run.layout)
-            for s in dict.fromkeys(splits)}
-
-
 def _base_record(run: Run) -> dict[str, Any]:
     from bench.provenance import git_info, host_name, package_versions
 
@@ -178,10 +187,12 @@ def execute_run(
 ) -> dict[str, Any]:
     """Run one protocol, count its FLOPs and append its record (done or failed).
 
-    Returns a short outcome (run id, status, mIoU, error, seconds) for progress lines;
-    status ``busy`` when another process holds the run (two ``unipbench run`` of one
-    suite must not train, or resume from, the same folder at once). In a multi-process
-    run every rank trains; only rank 0 writes the record.
+    Returns a short outcome (run id, status, mIoU, error, seconds) for progress lines.
+    Status ``busy`` when another process holds the run (two ``unipbench run`` of one
+    suite must not train, or resume from, the same folder at once), with ``holder``
+    saying which process when it is known; ``done`` with ``elsewhere`` set when another
+    process finished and recorded it first (nothing is run or recorded again). In a
+    multi-process run every rank trains; only rank 0 writes the record.
     """
     from filelock import Timeout
 
@@ -193,15 +204,71 @@ def execute_run(
         return _execute(run, store, workdir, progress)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(Path(workdir) / f"{run.run_id}.lock"), timeout=0)
+    holder_file = Path(workdir) / f"{run.run_id}.holder"
     try:
         lock.acquire()
     except Timeout:
         return {"run_id": run.run_id, "status": "busy", "mIoU": None, "seconds": 0.0,
+                "holder": _holder(holder_file),
                 "error": "another process is running it; this one left it alone"}
     try:
+        recorded = done_record(store, run.run_id)
+        if recorded is not None:  # finished by another process since this one looked
+            return _elsewhere(run, recorded)
+        _write_holder(holder_file)
         return _execute(run, store, workdir, progress)
     finally:
+        holder_file.unlink(missing_ok=True)
         lock.release()
+
+
+def _write_holder(path: Path) -> None:
+    """Who holds a run, for the message another process prints when it finds it busy."""
+    import json
+
+    from bench.provenance import host_name
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host_name()}))
+    os.replace(tmp, path)
+
+
+def _holder(path: Path) -> str | None:
+    import json
+
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not written yet, or already gone
+
+
+def _elsewhere(run: Run, rec: RunRecord) -> dict[str, Any]:
+    return {"run_id": run.run_id, "status": "done", "elsewhere": True, "seconds": None,
+            "mIoU": (rec.metrics or {}).get("mIoU"), "error": None}
+
+
+def _check_same_inputs(run: Run, result: dict, run_dir: Path) -> None:
+    """The data and weights the protocol read must be those the run id was made from."""
+    from bench.identity import differences
+
+    measured = result.get("identity") or {}
+    expected = run.identity
+    old = {"data": expected["dataset"]["content"]}
+    new = {"data": (measured.get("dataset") or {}).get("content")}
+    if run.checkpoint_sha256:
+        old["weights"] = run.checkpoint_sha256
+        new["weights"] = (measured.get("model") or {}).get("weights")
+    if old != new:
+        import shutil
+
+        # What the folder holds was made from other inputs than its id says: never resume
+        # from it, nor return it later as this run's result.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise RuntimeError(
+            "the data or checkpoint changed after the suite's run ids were taken ("
+            + "; ".join(differences(old, new)) + "); run the suite again"
+        )
 
 
 def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -> dict:
@@ -224,6 +291,7 @@ def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -
             seed=run.seed,
             progress=progress,
         )
+        _check_same_inputs(run, result, run_dir)
         num_classes = get_dataset_info(run.dataset).num_classes
         flops = _flops(run, settings, num_classes)
         backbone = result.get("backbone", {})
@@ -231,7 +299,7 @@ def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -
             status="done",
             checkpoint_sha256=backbone.get("checkpoint_sha256") or run.checkpoint_sha256,
             random_init=bool(backbone.get("random_init", run.checkpoint is None)),
-            dataset_fingerprint=_fingerprints(run, result),
+            dataset_fingerprint=run.identity["dataset"]["content"],
             metrics=result.get("metrics"),
             best=result.get("best"),
             last=result.get("last"),
@@ -253,11 +321,13 @@ def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         rec.update(status="failed", error=f"{type(exc).__name__}: {first}",
                    wall_time_s=round(time.perf_counter() - t0, 3))
+    written = True
     if int(os.environ.get("RANK", "0")) == 0:
-        append_record(store, rec)
+        written = append_record(store, rec)
     miou = (rec.get("metrics") or {}).get("mIoU")
     return {"run_id": run.run_id, "status": rec["status"], "mIoU": miou,
-            "error": rec.get("error"), "seconds": round(time.perf_counter() - t0, 1)}
+            "error": rec.get("error"), "seconds": round(time.perf_counter() - t0, 1),
+            "elsewhere": not written}
 
 
 def failed_outcome(run: Run, store: str | Path, error: str) -> dict[str, Any]:
@@ -281,6 +351,18 @@ class SuiteOutcome:
     def failed(self) -> list[str]:
         return [k for k, o in self.outcomes.items() if o["status"] == "failed"]
 
+    @property
+    def busy(self) -> list[str]:
+        """Runs another process held to the end: their results are not in yet."""
+        return [k for k, o in self.outcomes.items() if o["status"] == "busy"]
+
+    def running_elsewhere(self) -> str:
+        """``running elsewhere: N runs (pid P on H, ...)`` for the busy runs."""
+        holders = dict.fromkeys(self.outcomes[k].get("holder") or "holder unknown"
+                                for k in self.busy)
+        n = len(self.busy)
+        return f"running elsewhere: {n} run{'s' if n != 1 else ''} ({', '.join(holders)})"
+
 
 def outcome_line(run: Run, outcome: dict, index: int, total: int) -> str:
     head = f"[{index}/{total}] {outcome['status']:<6} {run.label}  ({run.run_id})"
@@ -289,17 +371,66 @@ def outcome_line(run: Run, outcome: dict, index: int, total: int) -> str:
         secs = outcome.get("seconds")
         return head + (f"  mIoU {miou:.2f}" if miou is not None else "") + (
             f"  {secs:.0f} s" if secs is not None else ""
-        )
+        ) + ("  (recorded by another process)" if outcome.get("elsewhere") else "")
+    if outcome["status"] == "busy":
+        return head + f"  running elsewhere ({outcome.get('holder') or 'holder unknown'})"
     return head + f"  {outcome.get('error')}"
 
 
-def select_runs(suite: Suite, paths: Paths, only: str | None = None) -> list[Run]:
-    runs = expand(suite, paths.hash_cache())
+def select_runs(
+    suite: Suite, paths: Paths, only: str | None = None, data: bool = True
+) -> list[Run]:
+    runs = expand(suite, paths.hash_cache(), data=data)
     if only:
         runs = [r for r in runs if r.matches(only)]
         if not runs:
             raise ValueError(f"--only {only!r} matches none of the suite's runs")
     return runs
+
+
+def reuse_line(run: Run, rec: RunRecord, commit: str | None) -> str:
+    """One line for a result taken from the store: which, and what it was matched on."""
+    from bench.identity import matched_on
+
+    miou = (rec.metrics or {}).get("mIoU")
+    line = (f"  reusing {run.label} ({run.run_id}): done {rec.timestamp}"
+            + (f", mIoU {miou:.2f}" if miou is not None else "")
+            + f"; matched on {matched_on(run.identity)}")
+    if commit and rec.git.commit and rec.git.commit != commit:
+        line += f"; made at commit {rec.git.commit[:10]} (now {commit[:10]})"
+    return line
+
+
+def replaced_line(run: Run, old: RunRecord) -> str:
+    """One line for a run whose earlier result in the store was of other inputs."""
+    from bench.identity import differences
+
+    before = old.config.get("identity")
+    what = ("; ".join(differences(before, run.identity)) if isinstance(before, dict)
+            else "recorded before run ids covered the data's content")
+    return (f"  new run {run.label} ({run.run_id}): the stored result {old.run_id} of "
+            f"{old.timestamp} is not reused: {what}")
+
+
+def _slot(suite: str, model: str, size: str, dataset: str, protocol: str, seed: int) -> tuple:
+    return (suite, model, size, dataset, protocol, seed)
+
+
+def earlier_results(runs: list[Run], latest: dict[str, RunRecord]) -> dict[str, RunRecord]:
+    """run id -> the last done record of the same suite row, model, dataset, protocol and
+    seed made under another id (other data, weights or settings), for runs that have one."""
+    current = {r.run_id for r in runs}
+    by_slot: dict[tuple, RunRecord] = {}
+    for rec in latest.values():  # store order: a later record of a slot wins
+        if rec.status == "done" and rec.run_id not in current:
+            by_slot[_slot(rec.suite, rec.model_name, rec.size, rec.dataset, rec.protocol,
+                          rec.seed)] = rec
+    out = {}
+    for r in runs:
+        rec = by_slot.get(_slot(r.suite, r.model_name, r.size, r.dataset, r.protocol, r.seed))
+        if rec is not None:
+            out[r.run_id] = rec
+    return out
 
 
 def run_suite(
@@ -311,22 +442,42 @@ def run_suite(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> SuiteOutcome:
-    """Run what is not done yet with ``executor`` (see :mod:`bench.executors`)."""
+    """Run what is not done yet with ``executor`` (see :mod:`bench.executors`).
+
+    Each result taken from the store is named with what it matched on; each run whose
+    row has a stored result of other inputs says what changed. Runs that another process
+    holds are reported as ``busy`` (see :attr:`SuiteOutcome.busy`); one that process
+    finishes meanwhile counts as done.
+    """
     from tqdm import tqdm
 
+    from bench.provenance import git_info
+
     paths.check_writable()
+    # Synthetic data first: the run ids cover the data's content, taken after generation.
+    plan = expand(suite, paths.hash_cache(), data=False)
+    prepare_datasets([r for r in plan if not only or r.matches(only)] or plan, log)
     runs = select_runs(suite, paths, only)
-    states = run_states(runs, paths)
+    latest = latest_by_run(read_records(paths.store))
+    states = run_states(runs, paths, latest)
     todo = [r for r in runs if states[r.run_id][0] != "done"]
     result = SuiteOutcome(runs, skipped=[r for r in runs if states[r.run_id][0] == "done"])
     log(f"suite {suite.name}: {len(runs)} runs, {len(result.skipped)} done already, "
         f"{len(todo)} to run ({executor.name} executor); store {paths.store}")
+    if result.skipped:
+        commit = git_info()["commit"]
+        for r in result.skipped:
+            rec = states[r.run_id][1]
+            assert rec is not None  # a done state always comes from a record
+            log(reuse_line(r, rec, commit if isinstance(commit, str) else None))
     if not todo:
         return result
+    earlier = earlier_results(todo, latest)
     for r in todo:
+        if r.run_id in earlier:
+            log(replaced_line(r, earlier[r.run_id]))
         if states[r.run_id][0] in ("partial", "failed"):
             log(f"  resuming {r.label} ({r.run_id}, {states[r.run_id][0]})")
-    prepare_datasets(todo, log)
     # The bar only on a terminal; logs and captured output get the per-run lines alone.
     show_bar = progress and sys.stderr.isatty()
     bar = tqdm(total=len(todo), desc=suite.name, unit="run", disable=not show_bar,
@@ -343,4 +494,10 @@ def run_suite(
         result.submitted = executor.run(todo, paths, on_result) or []
     finally:
         bar.close()
+    for run_id in result.busy:  # the other process may have finished it meanwhile
+        rec = done_record(paths.store, run_id)
+        if rec is not None:
+            result.outcomes[run_id] = _elsewhere(by_id[run_id], rec)
+    if result.busy:
+        log(result.running_elsewhere())
     return result

@@ -1,8 +1,10 @@
 """The results store: an append-only JSONL file, one declared, versioned record per run.
 
 Writers take a file lock and append each record with a single ``write`` + flush + fsync,
-so concurrent runs never interleave or lose a record. Readers skip a half-written or
-garbled line with a warning instead of failing, and never let it spoil the others.
+so concurrent runs never interleave or lose a record; under the same lock a second
+``done`` record of a run id is refused, so a run is recorded done once whoever finishes
+it. Readers skip a half-written or garbled line with a warning instead of failing, and
+never let it spoil the others.
 """
 
 from __future__ import annotations
@@ -98,14 +100,20 @@ class RunRecord(BaseModel):
     )
 
 
-def append_record(path: str | Path, record: RunRecord | dict) -> None:
-    """Append one record atomically with respect to other writers using the same lock."""
+def append_record(path: str | Path, record: RunRecord | dict) -> bool:
+    """Append one record atomically with respect to other writers using the same lock.
+
+    Returns False, writing nothing, for a ``done`` record of a run id that already has
+    one: two processes that both finished a run must not leave two results of it.
+    """
     rec = record if isinstance(record, RunRecord) else RunRecord.model_validate(record)
     line = json.dumps(json_safe(rec.model_dump(mode="json")), sort_keys=True, allow_nan=False)
     line += "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        if rec.status == "done" and done_record(path, rec.run_id) is not None:
+            return False
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             data = line.encode()
@@ -120,6 +128,31 @@ def append_record(path: str | Path, record: RunRecord | dict) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    return True
+
+
+def done_record(path: str | Path, run_id: str) -> RunRecord | None:
+    """The store's ``done`` record of ``run_id`` as a reader would take it, else None.
+
+    Lines are written with sorted keys and json's default separators, so only lines that
+    hold ``"run_id": "<id>"`` are parsed: a large store costs one read.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    needle = json.dumps({"run_id": run_id})[1:-1].encode()
+    with open(path, "rb") as f:
+        for raw in f:
+            if needle not in raw:
+                continue
+            try:
+                rec = RunRecord.model_validate_json(raw)
+            except ValidationError:  # torn, garbled or foreign: readers skip it too
+                continue
+            if (rec.run_id == run_id and rec.status == "done"
+                    and rec.schema_version == STORE_SCHEMA_VERSION):
+                return rec
+    return None
 
 
 def _last_byte(path: Path) -> bytes:

@@ -8,6 +8,12 @@ from pathlib import Path
 
 from bench.suite import ExecutorSpec, Suite, SuiteError, load_suite
 
+# `unipbench run` exit status: 0 every run is done; 1 a run failed (whatever else);
+# 3 none failed but some are running in another process, so the results are incomplete.
+# (2 is the CLI's for bad input.)
+EXIT_FAILED = 1
+EXIT_RUNNING_ELSEWHERE = 3
+
 
 def _load(path: str | None) -> Suite:
     from bench.runner import default_suite_path
@@ -71,15 +77,24 @@ def run(args: argparse.Namespace) -> int:
     ids = {r.run_id for r in outcome.runs}
     records = select_records(read_records(paths.store), run_ids=ids)
     if records:
-        lb = build_leaderboard(records, load_reference(), title=f"{suite.name} leaderboard")
+        title = f"{suite.name} leaderboard"
+        if len({r.run_id for r in records}) < len(ids):  # a table must not pass for complete
+            title += f" (partial: {len({r.run_id for r in records})} of {len(ids)} runs)"
+        lb = build_leaderboard(records, load_reference(), title=title)
         print()
         print(render(lb, "md"))
+    status = 0
+    if outcome.busy:
+        print(f"{outcome.running_elsewhere()}; the leaderboard lacks them until they finish "
+              f"(`unipbench ls {suite.path}` follows them, a rerun then completes it)",
+              file=sys.stderr)
+        status = EXIT_RUNNING_ELSEWHERE
     if outcome.failed:
         print(f"{len(outcome.failed)} run(s) failed: {', '.join(outcome.failed)} "
               f"(errors in the store; tracebacks in {paths.workdir}/<run id>/traceback.txt)",
               file=sys.stderr)
-        return 1
-    return 0
+        status = EXIT_FAILED
+    return status
 
 
 def ls(args: argparse.Namespace) -> int:

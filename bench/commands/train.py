@@ -93,8 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune, linear-probe or layer-wise-probe one backbone on one dataset",
-        description="Runs one protocol; a rerun in the same workdir resumes, a finished "
-        "workdir prints its stored result.",
+        description="Runs one protocol; a rerun in the same workdir resumes. A finished "
+        "workdir prints its stored result, saying so, when the data (a fingerprint of each "
+        "split) and the checkpoint (its sha256) are those it was made from, with the same "
+        "settings and seed; otherwise it is refused, naming what differs.",
     )
     p.add_argument("protocol", choices=list(PROTOCOL_CHOICES))
     p.add_argument("--adapter", required=True, help="pre-training method (unipbench adapters)")

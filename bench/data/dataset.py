@@ -141,17 +141,53 @@ def build_dataset(
     return SegmentationDataset(info, res, listing, transform)
 
 
+# Content sampled by the fingerprint: this many image/label pairs, evenly spaced over the
+# sorted names (all of them in a small split), each read up to CONTENT_BYTES at its head
+# and again at its tail. Bounded cost whatever the dataset's size.
+CONTENT_SAMPLE = 16
+CONTENT_BYTES = 1 << 20
+
+
+def _sample_indices(n: int, k: int = CONTENT_SAMPLE) -> list[int]:
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def _hash_content(h: hashlib._Hash, path: Path, size: int) -> None:
+    with open(path, "rb") as f:
+        if size <= 2 * CONTENT_BYTES:
+            h.update(f.read())
+            return
+        h.update(f.read(CONTENT_BYTES))
+        f.seek(-CONTENT_BYTES, 2)
+        h.update(f.read(CONTENT_BYTES))
+
+
 def dataset_fingerprint(name: str, root: str | Path, split: str, layout: str | None = None) -> str:
-    """sha256 of the split's sorted relative file list with sizes (split file included)."""
+    """sha256 identifying a split's data, the same wherever the folder is copied or moved.
+
+    It covers the split's sorted relative file names with their sizes (split file
+    included, read whole) and the bytes of an evenly spaced sample of image/label pairs
+    (see CONTENT_SAMPLE). Modification times are left out: a copy changes them, not the
+    data. An image replaced in place by one of exactly the same size outside the sample
+    goes unnoticed; any change of names, sizes or of a sampled file is seen.
+    """
     info = get_dataset_info(name)
     res = resolve_layout(info, root, layout)
     listing = list_split(info, res, split)
     files = [*listing.images, *listing.labels]
-    if listing.source.is_file():
-        files.append(listing.source)
-    rows = sorted(f"{p.relative_to(res.root).as_posix()}\t{p.stat().st_size}" for p in files)
+    rows = sorted((p.relative_to(res.root).as_posix(), p.stat().st_size) for p in files)
     h = hashlib.sha256()
     h.update(f"{info.name}\n".encode())
-    for row in rows:
-        h.update(row.encode() + b"\n")
+    for rel, size in rows:
+        h.update(f"{rel}\t{size}\n".encode())
+    if listing.source.is_file():
+        h.update(f"{listing.source.relative_to(res.root).as_posix()}\n".encode())
+        h.update(listing.source.read_bytes())
+    order = sorted(range(len(listing.names)), key=lambda i: listing.names[i])
+    for i in (order[j] for j in _sample_indices(len(order))):
+        for p in (listing.images[i], listing.labels[i]):
+            h.update(f"\n{p.relative_to(res.root).as_posix()}\n".encode())
+            _hash_content(h, p, p.stat().st_size)
     return h.hexdigest()

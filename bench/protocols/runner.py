@@ -2,23 +2,29 @@
 
 The same call runs on CPU, one GPU, or under ``accelerate launch`` with several
 processes; a rerun in the same workdir resumes from the last checkpoint, and a finished
-workdir returns its stored result without training.
+workdir returns its stored result without training, once the data's fingerprint and the
+weights' digest show it is the same run (see :func:`run_identity`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from accelerate.utils import set_seed
 
 from bench.diskio import atomic_write_text, check_writable_dir
+from bench.identity import IDENTITY_SCHEME, data_content, differences, matched_on, run_splits
 from bench.jsonsafe import json_safe
 from bench.protocols.checkpointing import finish_workdir, run_fingerprint
 from bench.protocols.config import (
+    IDENTITY_EXEMPT_SETTINGS,
     PROTOCOL_VERSION,
     SETTINGS_CLASSES,
     FineTuneSettings,
@@ -66,6 +72,62 @@ def _write_json(obj: dict, path: Path) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str, allow_nan=False))
 
 
+def weights_digest(model: dict[str, Any]) -> str | None:
+    """sha256 of the weights the run loads (None: random init); checks a given ``sha256``.
+
+    A local file or an export folder is hashed (cached by path, size, mtime and inode), a
+    URL downloaded once, so a replaced file is a different run whatever its name.
+    """
+    from bench.checkpoint import resolve_checkpoint
+
+    if model["checkpoint"] is None:
+        return None
+    return resolve_checkpoint(model["checkpoint"], model["sha256"])[1]
+
+
+def run_identity(
+    proto: str, settings: dict[str, Any], model: dict[str, Any], dataset: dict[str, Any],
+    splits: list[str], seed: int,
+) -> dict[str, Any]:
+    """Everything that decides the run's numbers; paths and names of files are not in it."""
+    return {
+        "scheme": IDENTITY_SCHEME,
+        "protocol": proto,
+        "protocol_version": PROTOCOL_VERSION,
+        "model": {"adapter": model["adapter"], "size": model["size"],
+                  "weights": weights_digest(model), "options": model["options"]},
+        "dataset": {"name": dataset["name"], "layout": dataset["layout"],
+                    "content": data_content(dataset["name"], dataset["root"], splits,
+                                            dataset["layout"])},
+        # What to keep on disk is not part of what is computed.
+        "settings": {k: v for k, v in settings.items() if k not in IDENTITY_EXEMPT_SETTINGS},
+        "seed": seed,
+    }
+
+
+def _stored_result(
+    path: Path, identity: dict[str, Any], fingerprint: str, log: Callable[[str], None] | None
+) -> dict[str, Any]:
+    """The finished run in ``path`` when it is this run; else a ValueError saying what differs."""
+    stored = json.loads(path.read_text())
+    if stored.get("fingerprint") != fingerprint:
+        old = stored.get("identity")
+        what = ("; ".join(differences(old, identity)) if isinstance(old, dict)
+                else "it was written before results recorded their data and weights digests")
+        raise ValueError(
+            f"{path} holds the result of a different run ({what}); use a fresh workdir, "
+            "or empty this one to run there"
+        )
+    if int(os.environ.get("RANK", "0")) == 0:
+        (log or _to_stderr)(f"reusing the finished run in {path.parent} (matched on "
+                            f"{matched_on(identity)})")
+    return stored
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def run_protocol(
     protocol: str,
     model: dict[str, Any],
@@ -74,12 +136,17 @@ def run_protocol(
     workdir: str | Path = "work",
     seed: int = 0,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``protocol`` ('fine_tune', 'linear_probe', 'layerwise_probe') and return its result.
 
     ``model``: adapter, size, checkpoint=None, sha256=None, options={} (adapter options,
     e.g. ``depth`` or ``last_heads``). ``dataset``: name, root, layout=None. ``settings``:
     a settings object, or overrides applied on top of the resolved defaults.
+
+    A workdir that already holds this run's ``result.json`` returns it without training,
+    after checking the data and the checkpoint, and says so through ``log`` (default:
+    stderr). One of a different run is refused with what differs.
     """
     from bench.adapter import downstream_options, load_backbone
     from bench.data import get_dataset_info
@@ -94,26 +161,17 @@ def run_protocol(
     dataset["root"] = str(dataset["root"])
     s = _settings(proto, settings, dataset["name"], model)
     settings_dict = s.model_dump(mode="json")
-    fingerprint = run_fingerprint(
-        {"protocol": proto, "version": PROTOCOL_VERSION, "settings": settings_dict,
-         "model": model, "dataset": {k: dataset[k] for k in ("name", "layout")},
-         "seed": seed}
-    )
-    result_path = workdir / RESULT_NAME
-    if result_path.exists():
-        stored = json.loads(result_path.read_text())
-        if stored.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"{result_path} holds the result of a different run (other settings, model, "
-                "dataset or seed); use a fresh workdir"
-            )
-        return stored
     info = get_dataset_info(dataset["name"])
-    # A bad folder must fail in seconds, before a model is built or a GPU is touched.
-    splits = dict.fromkeys((s.train_split or info.train_split,
-                            s.eval_split or info.default_eval_split))
+    # A bad folder must fail in seconds, before a model is built or a GPU is touched, and
+    # before a stored result is returned: the result must be of this data.
+    splits = run_splits(settings_dict, dataset["name"])
     for split in splits:
         quick_check(dataset["name"], dataset["root"], split, layout=dataset["layout"])
+    identity = run_identity(proto, settings_dict, model, dataset, splits, seed)
+    fingerprint = run_fingerprint(identity)
+    result_path = workdir / RESULT_NAME
+    if result_path.exists():
+        return _stored_result(result_path, identity, fingerprint, log)
     check_writable_dir(workdir, "workdir")  # before training, not when saving its result
 
     accelerator = make_accelerator(s.mixed_precision, log_dir=workdir / "logs")
@@ -153,6 +211,7 @@ def run_protocol(
         "inference": {"mode": s.inference, "crop": s.slide_crop, "stride": s.slide_stride},
         "device": device_description(accelerator),
         "wall_time_s": round(time.perf_counter() - t0, 3),
+        "identity": identity,
         "fingerprint": fingerprint,
     }
     # What is returned = what is stored: strict JSON, undefined per-class IoU as None.
