@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch.hub
+import yaml
 
-from bench.adapter import SIZE_LETTER, get_adapter
+from bench.adapter import SIZE_LETTER, canonical_size, get_adapter
 from bench.catalogue import (
     CATALOGUE_ENV,
     CATALOGUE_FILE,
@@ -28,7 +29,15 @@ from bench.catalogue import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+PAPER_SUITES = ("infrared_defaults.yaml", "layerwise_rgb_depth.yaml")
 MANIFESTS = ROOT / "tests" / "golden" / "release"
+
+
+def paper_models() -> list[dict]:
+    out = []
+    for name in PAPER_SUITES:
+        out += yaml.safe_load((ROOT / "suites" / "paper" / name).read_text())["models"]
+    return out
 
 
 def test_shipped_catalogue_loads_and_is_package_data() -> None:
@@ -53,6 +62,27 @@ def test_entry_names_a_real_adapter_size_and_format(cid: str) -> None:
     assert e.download_url.startswith("https://")
     assert e.file == e.download_url.rsplit("/", 1)[-1]
     assert e.source.startswith("https://")
+
+
+def test_every_paper_suite_model_is_in_the_catalogue() -> None:
+    entries = load_catalogue()
+    used: set[str] = set()
+    for m in paper_models():
+        label = m.get("name") or m["adapter"]
+        letter = SIZE_LETTER[canonical_size(m["size"])]
+        fits = [e for e in entries.values()
+                if (e.adapter, e.size, e.label) == (m["adapter"], letter, label) and e.paper]
+        assert fits, f"no paper entry for {label}-{letter}"
+        if is_catalogue_id(m["checkpoint"]):
+            e = entries[m["checkpoint"]]
+            assert (e.adapter, e.size, e.label) == (m["adapter"], letter, label)
+            assert e.unavailable is None
+            used.add(e.id)
+        else:
+            # A path only where the catalogue has no download for that model.
+            assert all(e.unavailable for e in fits), (m["checkpoint"], [e.id for e in fits])
+            used.update(e.id for e in fits)
+    assert used == {cid for cid, e in entries.items() if e.paper}
 
 
 def test_hash_prefixes_are_the_ones_torch_hub_reads_from_the_name() -> None:
