@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from bench.adapter import load_backbone
 from bench.catalogue import CATALOGUE_ENV, CatalogueError, get_entry
-from bench.checkpoint import resolve_checkpoint
+from bench.checkpoint import CheckpointError, resolve_checkpoint
 from bench.checkpoint_cache import cached_file, fetch, verify_file, verify_id
 from bench.checkpoint_lock import LOCK_ENV, LockFileError, read_lock
 from bench.cli import main
@@ -314,11 +314,11 @@ def test_ids_without_download_and_unknown_ids(server) -> None:
         load_backbone("mae", "tiny", "test/vit-tin", depth=2)
 
 
-def test_path_objects_and_existing_folders_are_never_ids(server, tmp_path, monkeypatch) -> None:
+def test_path_objects_and_dot_paths_are_never_ids(server, tmp_path, monkeypatch) -> None:
     fetch("test/vit-tiny")
     monkeypatch.chdir(tmp_path)
     local = tmp_path / "test" / "vit-tiny"
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(CheckpointError, match=r"checkpoint test/vit-tiny does not exist"):
         resolve_checkpoint(Path("test/vit-tiny"))  # a Path is a path
     local.parent.mkdir()
     local.write_bytes(BODY + b"local")
