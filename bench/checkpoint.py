@@ -223,11 +223,19 @@ def resolve_checkpoint(
     """A local path for ``checkpoint`` (downloading URLs once) and its sha256.
 
     For a Hugging Face export folder the digest is its weights file's (the sha256 the Hub
-    lists for it). ``sha256``, when given, must match or loading stops here.
+    lists for it). A catalogue id (a ``str`` such as ``mae/vit-base``) is its fetched file
+    in the cache, checked against ``checkpoints.lock``. ``sha256``, when given, must match
+    or loading stops here.
     """
     spec = str(checkpoint)
     if sha256:
         sha256 = check_sha256(sha256)
+    if isinstance(checkpoint, str):
+        from bench.checkpoint_cache import resolve_spec
+
+        found = resolve_spec(spec, sha256=sha256, cache_dir=cache_dir)
+        if found is not None:
+            return found
     if spec.startswith(("http://", "https://")):
         from bench.download import download_cached
 

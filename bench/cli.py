@@ -19,6 +19,7 @@ from bench.registry import COMMANDS, RegistryError
 BUILTIN_COMMAND_MODULES = (
     "bench.commands.adapters",
     "bench.commands.data",
+    "bench.commands.checkpoints",
     "bench.commands.train",
     "bench.commands.flops",
     "bench.commands.suite",

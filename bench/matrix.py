@@ -132,6 +132,12 @@ def checkpoint_identity(
     """(path or URL to load, what identifies the weights) for a model's checkpoint."""
     if checkpoint is None:
         return None, None
+    from bench.catalogue import is_catalogue_id
+
+    if is_catalogue_id(checkpoint):  # loaded by id; identified by its pinned digest
+        from bench.checkpoint_cache import catalogue_identity
+
+        return checkpoint, catalogue_identity(checkpoint, sha256)
     if checkpoint.startswith(("http://", "https://")):
         return checkpoint, sha256.lower() if sha256 else f"url:{checkpoint}"
     path = Path(checkpoint).expanduser().resolve()

@@ -122,3 +122,53 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; binary units, as download sizes are usually given."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class ByteProgress(Progress):
+    """A download's progress in bytes: a tqdm bar on a terminal, plain lines elsewhere.
+
+    ``total`` None (no Content-Length) shows what arrived without a percentage or ETA.
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        initial: int = 0,
+        desc: str = "download",
+        stream: IO[str] | None = None,
+        every_s: float | None = None,
+        terminal: bool | None = None,
+    ) -> None:
+        # The base class would build a step-counting bar; build a byte-counting one here.
+        super().__init__(total or 0, initial, desc, enabled=False, stream=stream,
+                         every_s=every_s, terminal=terminal)
+        self.enabled = True
+        self.known_total = bool(total)
+        if not self.known_total:
+            self.total = sys.maxsize  # never "done" by count: no final line from update
+        if self.terminal:
+            self.bar = tqdm(total=total, initial=initial, desc=desc, file=self.stream,
+                            unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True)
+
+    def line(self, now: float | None = None) -> str:
+        """'mae/vit-base: 120.0 MiB of 330.5 MiB (36.3%) 45.2 MiB/s ETA 0:05'"""
+        now = time.perf_counter() if now is None else now
+        done = self.step - self.initial
+        rate = done / max(now - self.start, 1e-9)
+        text = f"{self.desc}: {format_bytes(self.step)}"
+        if self.known_total:
+            text += f" of {format_bytes(self.total)} ({100.0 * self.step / self.total:.1f}%)"
+        if done:
+            text += f" {format_bytes(rate)}/s"
+            if self.known_total:
+                text += f" ETA {format_duration((self.total - self.step) / max(rate, 1e-9))}"
+        return text

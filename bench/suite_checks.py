@@ -237,12 +237,22 @@ def check_files(
         if m.checkpoint is None:
             continue
         where = ("models", i, "checkpoint")
+        catalogue_problem = _catalogue_problem(m)
+        if catalogue_problem is not None:
+            if catalogue_problem:
+                problems.append(suite.problem(where, catalogue_problem))
+            elif load_checkpoints:
+                problems += _load_problem(suite, i)
+            continue
         if m.checkpoint.startswith(("http://", "https://")):
             log(f"models[{i}] {m.label}: URL checkpoint, checked when first downloaded")
             continue
         path = Path(m.checkpoint).expanduser()
         if not path.exists():
-            problems.append(suite.problem(where, f"checkpoint {path} does not exist"))
+            from bench.checkpoint_cache import missing_path_hint
+
+            hint = missing_path_hint(m.adapter, m.size, m.label)
+            problems.append(suite.problem(where, f"checkpoint {path} does not exist{hint}"))
             continue
         if m.sha256 and path.is_file():
             digest = hash_fn(path)
@@ -261,6 +271,17 @@ def check_files(
             continue
         problems += _dataset_problems(suite, i, root, full_data_check)
     return problems
+
+
+def _catalogue_problem(m: Any) -> str | None:
+    """For a catalogue id (or a misspelt one): what is wrong ('' for nothing, e.g. fetched
+    and pinned); None when the checkpoint is a path or URL."""
+    from bench.catalogue import is_catalogue_id, unknown_id_message
+    from bench.checkpoint_cache import suite_problem
+
+    if is_catalogue_id(m.checkpoint):
+        return suite_problem(m.checkpoint, m.sha256, m.adapter, m.size) or ""
+    return unknown_id_message(m.checkpoint)
 
 
 def _load_problem(suite: Suite, i: int) -> list[SuiteProblem]:
