@@ -131,7 +131,7 @@ def checkpoint_identity(
     """(path or URL to load, what identifies the weights) for a model's checkpoint."""
     if checkpoint is None:
         return None, None
-    if checkpoint.startswith(("http://", "https://")):
+    if checkpoint.startswith(("http://", "https://", "hf://")):  # remote: loaded by name
         return checkpoint, sha256.lower() if sha256 else f"url:{checkpoint}"
     path = Path(checkpoint).expanduser().resolve()
     if sha256:
