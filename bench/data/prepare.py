@@ -111,7 +111,7 @@ def _not_release(info: DatasetInfo, sources: Sequence[Path], top: list[str]) -> 
     what = ", ".join(str(s) for s in sources)
     return DatasetError(
         f"{what} is not a {info.title} release: expected {expected}{hint}. "
-        f"Found: {quote_some(sorted(top), 8) or 'nothing'}"
+        f"Found: {quote_some(sorted(top), 8) or 'nothing'}. Downloads: docs/datasets.md"
     )
 
 
