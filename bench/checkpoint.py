@@ -241,7 +241,12 @@ def resolve_checkpoint(
 
         path = download_cached(spec, sha256=sha256, cache_dir=cache_dir)
         return path, sha256.lower() if sha256 else cached_sha256(path, cache_dir)
-    path = Path(spec).expanduser()
+    if spec.startswith("hf://"):  # the Hub's own cache; bench.hub says why a fetch fails
+        from bench.hub import hub_download
+
+        path = hub_download(spec, cache_dir=cache_dir)
+    else:
+        path = Path(spec).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():

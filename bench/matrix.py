@@ -138,7 +138,7 @@ def checkpoint_identity(
         from bench.checkpoint_cache import catalogue_identity
 
         return checkpoint, catalogue_identity(checkpoint, sha256)
-    if checkpoint.startswith(("http://", "https://")):
+    if checkpoint.startswith(("http://", "https://", "hf://")):  # remote: loaded by name
         return checkpoint, sha256.lower() if sha256 else f"url:{checkpoint}"
     path = Path(checkpoint).expanduser().resolve()
     if sha256:

@@ -68,8 +68,9 @@ class ModelSpec(_Spec):
         "default: the adapter name (e.g. 'unip_mae_l' for a UNIP student of MAE-L)."
     )
     checkpoint: str | None = Field(
-        None, description="File, Hugging Face export folder or https URL; none = random "
-        "init (marked in the tables). Relative paths are taken from the working directory."
+        None, description="File, Hugging Face export folder, https URL or "
+        "hf://owner/repo/FILE[@revision]; none = random init (marked in the tables). "
+        "Relative paths are taken from the working directory."
     )
     sha256: str | None = Field(None, description="Expected sha256 of the checkpoint file.")
     options: dict[str, Any] = Field(

@@ -100,7 +100,15 @@ def _model_depth(suite: Suite, mi: int) -> int | None:
     from bench.adapter import VIT_SIZES, canonical_size
 
     m = suite.spec.models[mi]
-    if m.checkpoint and Path(m.checkpoint).expanduser().is_dir():
+    if m.checkpoint and m.checkpoint.startswith("hf://"):
+        from bench.hub import HubError, parse_hub_path
+
+        try:  # hf://owner/repo is an export folder; a malformed one is reported elsewhere
+            if parse_hub_path(m.checkpoint).is_folder:
+                return None
+        except HubError:
+            return None
+    elif m.checkpoint and Path(m.checkpoint).expanduser().is_dir():
         return None
     if m.options.get("depth") is not None:
         return int(m.options["depth"])
@@ -247,6 +255,9 @@ def check_files(
         if m.checkpoint.startswith(("http://", "https://")):
             log(f"models[{i}] {m.label}: URL checkpoint, checked when first downloaded")
             continue
+        if m.checkpoint.startswith("hf://"):
+            problems += _hub_problems(suite, i, load_checkpoints, log)
+            continue
         path = Path(m.checkpoint).expanduser()
         if not path.exists():
             from bench.checkpoint_cache import missing_path_hint
@@ -282,6 +293,32 @@ def _catalogue_problem(m: Any) -> str | None:
     if is_catalogue_id(m.checkpoint):
         return suite_problem(m.checkpoint, m.sha256, m.adapter, m.size) or ""
     return unknown_id_message(m.checkpoint)
+
+
+def _hub_problems(
+    suite: Suite, i: int, load: bool, log: Callable[[str], None]
+) -> list[SuiteProblem]:
+    """An ``hf://`` checkpoint: well formed; loaded (fetched) when checkpoints are loaded;
+    else present in the Hub cache, or fetched on first use unless HF_HUB_OFFLINE is set."""
+    from bench.hub import HubError, hub_cached, hub_offline, parse_hub_path
+
+    m = suite.spec.models[i]
+    where = ("models", i, "checkpoint")
+    try:
+        hp = parse_hub_path(m.checkpoint)
+    except HubError as exc:
+        return [suite.problem(where, str(exc))]
+    if load:
+        return _load_problem(suite, i)
+    if hub_cached(m.checkpoint):
+        return []
+    if hub_offline():
+        return [suite.problem(where, (
+            f"{hp} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; fetch it "
+            f"once online with `{hp.fetch_command()}`"
+        ))]
+    log(f"models[{i}] {m.label}: {hp} is not cached yet; fetched on first use")
+    return []
 
 
 def _load_problem(suite: Suite, i: int) -> list[SuiteProblem]:

@@ -1,4 +1,5 @@
-"""``unipbench data``: list the datasets, check a copy on disk, write synthetic data."""
+"""``unipbench data``: list the datasets, prepare a download, check a copy on disk, write
+synthetic data."""
 
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ def run_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def run_prepare(args: argparse.Namespace) -> int:
+    from bench.data.prepare import prepare_dataset
+
+    t0 = time.perf_counter()
+    result = prepare_dataset(args.name, args.sources, args.root, full_check=not args.quick)
+    print(f"{result.summary()} in {time.perf_counter() - t0:.1f} s")
+    assert result.report is not None
+    print(result.report.format())
+    return 0 if result.report.ok else 1
+
+
 def run_synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = synthesize(
@@ -54,12 +66,32 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="datasets: list, check a copy on disk, synthesize")
+    p = sub.add_parser("data", help="datasets: list, prepare a download, check a copy, synthesize")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     ls = dsub.add_parser("list", help="registered datasets, their classes, splits and layouts")
     ls.add_argument("--json", action="store_true", help="print JSON instead of text")
     ls.set_defaults(func=run_list)
+
+    pr = dsub.add_parser(
+        "prepare",
+        help="turn a downloaded release (archive or folder) into a checked dataset folder",
+        description="Extract (or read) the public release of NAME, link it into ROOT when the "
+        "loader reads it as it is or convert it (MFNet: thermal channel; SCUT-Seg: class ids), "
+        "then run `data check`. A rerun resumes an interrupted one. Sources and folder "
+        "trees: docs/datasets.md.",
+    )
+    pr.add_argument("name", help="registered dataset name, e.g. mfnet_thermal")
+    pr.add_argument(
+        "--from", dest="sources", action="append", required=True, metavar="ARCHIVE_OR_FOLDER",
+        help="the release as downloaded: a zip/tar archive (repeat for a download split into "
+        "parts) or the extracted folder",
+    )
+    pr.add_argument("--root", required=True, help="the dataset folder to create or complete")
+    pr.add_argument(
+        "--quick", action="store_true", help="check a few samples instead of decoding all"
+    )
+    pr.set_defaults(func=run_prepare)
 
     ck = dsub.add_parser("check", help="audit a dataset folder; exit 1 when anything is wrong")
     ck.add_argument("--dataset", required=True, help="registered dataset name, e.g. soda")

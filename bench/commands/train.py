@@ -101,7 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("protocol", choices=list(PROTOCOL_CHOICES))
     p.add_argument("--adapter", required=True, help="pre-training method (unipbench adapters)")
     p.add_argument("--size", required=True, help="ViT size: T, S, B or L")
-    p.add_argument("--checkpoint", help="weights file, HF export folder or URL (default: random)")
+    p.add_argument(
+        "--checkpoint",
+        help="weights file, HF export folder, URL or hf://owner/repo/FILE (default: random)",
+    )
     p.add_argument("--sha256", help="expected sha256 of the checkpoint")
     p.add_argument("--dataset", required=True, help="registered dataset name (e.g. soda)")
     p.add_argument("--root", required=True, help="dataset folder")

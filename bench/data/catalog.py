@@ -134,23 +134,6 @@ SCUT_UNIP = Layout(
     splits={"train": "train.txt", "val": "val.txt"},
 )
 
-SCUT_RELEASE = Layout(
-    name="release",
-    description=(
-        "SCUT-Seg release (MCNet) folder dataset/: image/*.jpg, gt_instance/<stem>"
-        "_labelIds.png, scut_train.txt / scut_val.txt whose lines start with the image "
-        "path. Reconstructed from third-party preparation scripts, not checked "
-        "first-hand: the label id values of *_labelIds.png are assumed to be 0-9."
-    ),
-    img_dir="image",
-    ann_dir="gt_instance",
-    img_suffix=".jpg",
-    ann_suffix="_labelIds.png",
-    splits={"train": "scut_train.txt", "val": "scut_val.txt"},
-    split_line="first_path_stem",
-    nested=("dataset",),
-)
-
 ADE20K_MMSEG = Layout(
     name="mmseg",
     description=(
@@ -228,7 +211,9 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         modality="infrared",
         mean=INFRARED_SEG_MEAN,
         std=INFRARED_SEG_STD,
-        layouts=(SCUT_UNIP, SCUT_RELEASE),
+        # The release (MCNet: images/, gt_instance/*_labelIds.png) stores Cityscapes-style
+        # ids (road = 7, person = 24, ...), not 0-9: `data prepare scut_seg` converts it.
+        layouts=(SCUT_UNIP,),
         splits=("train", "val"),
         default_eval_split="val",
         published_counts={"train": 1345, "val": 665},
