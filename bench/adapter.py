@@ -453,7 +453,7 @@ def load_backbone(
     Extra ``options`` go to the adapter (e.g. ``last_heads`` for UNIP, ``depth`` for
     shallow test models).
     """
-    from bench.checkpoint import read_checkpoint, resolve_checkpoint
+    from bench.checkpoint_resolve import read_checkpoint, resolve_checkpoint
 
     adapter = get_adapter(name)
     check_options(adapter, options)

@@ -1,4 +1,7 @@
-"""Reading checkpoints safely: untrusted pickles, safetensors, HF export folders, URLs.
+"""Reading checkpoint files safely: untrusted pickles, safetensors; digests and their cache.
+
+Where a checkpoint comes from (a URL, the Hub, a catalogue id, an HF export folder) is
+:mod:`bench.checkpoint_resolve`'s job, so this module imports none of those.
 
 Pickled checkpoints are read with ``weights_only=True`` and only the harmless extra types
 real checkpoints carry (``argparse.Namespace`` in MAE/DINO/DeiT training files, numpy
@@ -198,64 +201,3 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
-
-
-def read_checkpoint(path: Path) -> tuple[Any, dict]:
-    """The checkpoint's content and metadata (e.g. an HF export's parsed config).
-
-    Files: ``.safetensors`` or a torch pickle. Directories: Hugging Face exports.
-    """
-    path = Path(path)
-    if path.is_dir():
-        from bench.hf_export import read_hf_export
-
-        return read_hf_export(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
-    if path.suffix == ".safetensors":
-        return load_safetensors(path), {}
-    return load_pickle_checkpoint(path), {}
-
-
-def resolve_checkpoint(
-    checkpoint: str | Path, sha256: str | None = None, cache_dir: str | Path | None = None
-) -> tuple[Path, str | None]:
-    """A local path for ``checkpoint`` (downloading URLs once) and its sha256.
-
-    For a Hugging Face export folder the digest is its weights file's (the sha256 the Hub
-    lists for it). A catalogue id (a ``str`` such as ``mae/vit-base``) is its fetched file
-    in the cache, checked against ``checkpoints.lock``. ``sha256``, when given, must match
-    or loading stops here.
-    """
-    spec = str(checkpoint)
-    if sha256:
-        sha256 = check_sha256(sha256)
-    if isinstance(checkpoint, str):
-        from bench.checkpoint_cache import resolve_spec
-
-        found = resolve_spec(spec, sha256=sha256, cache_dir=cache_dir)
-        if found is not None:
-            return found
-    if spec.startswith(("http://", "https://")):
-        from bench.download import download_cached
-
-        path = download_cached(spec, sha256=sha256, cache_dir=cache_dir)
-        return path, sha256.lower() if sha256 else cached_sha256(path, cache_dir)
-    if spec.startswith("hf://"):  # the Hub's own cache; bench.hub says why a fetch fails
-        from bench.hub import hub_download
-
-        path = hub_download(spec, cache_dir=cache_dir)
-    else:
-        path = Path(spec).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        from bench.hf_export import hf_weights_file
-
-        hashed = hf_weights_file(path)
-    else:
-        hashed = path
-    digest = cached_sha256(hashed, cache_dir)
-    if sha256 and digest != sha256.lower():
-        raise CheckpointError(f"checkpoint {hashed} has sha256 {digest}, expected {sha256}")
-    return path, digest

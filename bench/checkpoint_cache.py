@@ -26,7 +26,7 @@ from bench.catalogue import (
     load_catalogue,
     unknown_id_message,
 )
-from bench.checkpoint import CheckpointError, cache_root, cached_sha256, sha256_file
+from bench.checkpoint import cache_root, cached_sha256, sha256_file
 from bench.checkpoint_lock import Pin, lock_path, read_lock, write_pin
 from bench.download import CHUNK, DownloadError, download_resumable
 
@@ -39,7 +39,7 @@ def partial_of(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-def _fetch_command(cid: str, force: bool = False) -> str:
+def fetch_command(cid: str, force: bool = False) -> str:
     return f"`unipbench checkpoints fetch {'--force ' if force else ''}{cid}`"
 
 
@@ -93,7 +93,7 @@ def resolve_id(
         part = partial_of(path)
         kept = f" (the interrupted download {part} is resumed)" if part.exists() else ""
         raise CatalogueError(
-            f"checkpoint {cid} is not downloaded yet: run {_fetch_command(cid)}{kept}"
+            f"checkpoint {cid} is not downloaded yet: run {fetch_command(cid)}{kept}"
         )
     lock_file = lock_path(lock)
     pin = read_lock(lock_file).get(cid)
@@ -102,12 +102,12 @@ def resolve_id(
     if wrong:
         raise CatalogueError(
             f"checkpoint {cid} ({path}) {wrong}: the file changed since it was fetched; "
-            f"run {_fetch_command(cid, force=True)} to download it again"
+            f"run {fetch_command(cid, force=True)} to download it again"
         )
     if pin is None and not sha256 and not entry.sha256:
         raise CatalogueError(
             f"checkpoint {cid} is in the cache ({path}) but not pinned in {lock_file}: run "
-            f"{_fetch_command(cid)} to verify and pin it"
+            f"{fetch_command(cid)} to verify and pin it"
         )
     return path, digest
 
@@ -139,48 +139,6 @@ def catalogue_identity(cid: str, sha256: str | None = None, lock: str | Path | N
         return pin.sha256
     entry = get_entry(cid)
     return entry.sha256 or f"catalogue:{cid}"
-
-
-def suite_problem(
-    cid: str, sha256: str | None, adapter: str, size: str, cache_dir: str | Path | None = None
-) -> str | None:
-    """What ``unipbench validate`` says about a suite model naming catalogue id ``cid``."""
-    from bench.adapter import SIZE_LETTER, AdapterError, canonical_size
-
-    entry = get_entry(cid)
-    if entry.adapter != adapter:
-        return (f"checkpoint {cid} is a {entry.adapter!r} checkpoint (catalogue), but the "
-                f"model's adapter is {adapter!r}")
-    try:
-        letter = SIZE_LETTER[canonical_size(size)]
-    except AdapterError:
-        letter = None  # the schema check reports the size itself
-    if letter is not None and letter != entry.size:
-        return f"checkpoint {cid} is a ViT-{entry.size} (catalogue), but the model's size is {size}"
-    try:
-        resolve_id(cid, sha256=sha256, cache_dir=cache_dir)
-    except CheckpointError as exc:
-        return str(exc)
-    return None
-
-
-def missing_path_hint(adapter: str, size: str, label: str) -> str:
-    """For a suite's missing checkpoint file: where the catalogue says such a model comes
-    from ('' when it has nothing for that adapter, size and label)."""
-    from bench.adapter import SIZE_LETTER, AdapterError, canonical_size
-
-    try:
-        letter = SIZE_LETTER[canonical_size(size)]
-    except AdapterError:
-        return ""
-    fits = [e for e in load_catalogue().values()
-            if e.adapter == adapter and e.size == letter and e.label == label]
-    if not fits:
-        return ""
-    e = min(fits, key=lambda e: (not e.paper, e.unavailable is not None, e.id))
-    if e.unavailable:
-        return f" (catalogue {e.id}: {e.unavailable})"
-    return f" (the catalogue has it: `checkpoint: {e.id}`, fetched with {_fetch_command(e.id)})"
 
 
 # ------------------------------------------------------------------------- fetch
@@ -281,15 +239,15 @@ def verify_id(cid: str, cache_dir: str | Path | None = None, lock: str | Path | 
     name = pin.file if pin is not None else str(entry.file)  # type: ignore[union-attr]
     path = cache_root(cache_dir) / cid / name
     if not path.is_file():
-        return Verdict(cid, False, f"not downloaded ({path}): run {_fetch_command(cid)}")
+        return Verdict(cid, False, f"not downloaded ({path}): run {fetch_command(cid)}")
     digest = sha256_file(path)
     md5 = _md5_file(path) if entry is not None and entry.md5_prefix else None
     wrong = _mismatch(entry, digest, md5, pin=pin, lock=lock_file)
     if wrong:
-        return Verdict(cid, False, f"{path} {wrong}: run {_fetch_command(cid, force=True)}")
+        return Verdict(cid, False, f"{path} {wrong}: run {fetch_command(cid, force=True)}")
     if pin is None:
         return Verdict(cid, False,
-                       f"{path} is not pinned in {lock_file}: run {_fetch_command(cid)}")
+                       f"{path} is not pinned in {lock_file}: run {fetch_command(cid)}")
     return Verdict(cid, True, f"{path} sha256 {digest} (pinned)")
 
 
@@ -314,7 +272,7 @@ def verify_file(path: Path, lock: str | Path | None = None) -> Verdict:
                        f"{', '.join(matched)}")
     cid, wrong = next(iter(problems.items()))
     return Verdict(str(path), False, f"{wrong} (named like catalogue {cid}): it is not the "
-                   f"published file; download it again ({_fetch_command(cid)})")
+                   f"published file; download it again ({fetch_command(cid)})")
 
 
 # ------------------------------------------------------------------------- list

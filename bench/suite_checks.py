@@ -260,7 +260,7 @@ def check_files(
             continue
         path = Path(m.checkpoint).expanduser()
         if not path.exists():
-            from bench.checkpoint_cache import missing_path_hint
+            from bench.checkpoint_hints import missing_path_hint
 
             hint = missing_path_hint(m.adapter, m.size, m.label)
             problems.append(suite.problem(where, f"checkpoint {path} does not exist{hint}"))
@@ -288,7 +288,7 @@ def _catalogue_problem(m: Any) -> str | None:
     """For a catalogue id (or a misspelt one): what is wrong ('' for nothing, e.g. fetched
     and pinned); None when the checkpoint is a path or URL."""
     from bench.catalogue import is_catalogue_id, unknown_id_message
-    from bench.checkpoint_cache import suite_problem
+    from bench.checkpoint_hints import suite_problem
 
     if is_catalogue_id(m.checkpoint):
         return suite_problem(m.checkpoint, m.sha256, m.adapter, m.size) or ""

@@ -34,6 +34,8 @@ from bench.protocols.state import (
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_WEIGHTS_NAME = "final_weights.safetensors"
 STATE_FORMAT = "unipbench-train-state/1"
+# The cached linear probe's features (bench.protocols.feature_cache): training state too.
+FEATURE_CACHE_DIR = "feature_cache"
 WEIGHTS_FORMAT = "unipbench-final-weights/1"
 
 
@@ -54,10 +56,9 @@ def run_fingerprint(spec: dict[str, Any]) -> str:
 def training_state_paths(workdir: str | Path) -> list[Path]:
     """What a run keeps only to resume: the checkpoint, its unfinished temp files, and
     the cached mode's feature cache."""
-    from bench.protocols.feature_cache import CACHE_DIR  # imports this module
-
     wd = Path(workdir)
-    return [wd / CHECKPOINT_NAME, *sorted(wd.glob(f".{CHECKPOINT_NAME}.*.tmp")), wd / CACHE_DIR]
+    temps = sorted(wd.glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    return [wd / CHECKPOINT_NAME, *temps, wd / FEATURE_CACHE_DIR]
 
 
 def finish_workdir(workdir: str | Path, keep_training_state: bool) -> list[Path]:

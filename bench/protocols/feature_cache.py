@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench.protocols.checkpointing import FEATURE_CACHE_DIR
 from bench.protocols.context import RunContext
 
-CACHE_DIR = "feature_cache"
+CACHE_DIR = FEATURE_CACHE_DIR
 
 
 def centre_crop(

@@ -78,7 +78,7 @@ def weights_digest(model: dict[str, Any]) -> str | None:
     A local file or an export folder is hashed (cached by path, size, mtime and inode), a
     URL downloaded once, so a replaced file is a different run whatever its name.
     """
-    from bench.checkpoint import resolve_checkpoint
+    from bench.checkpoint_resolve import resolve_checkpoint
 
     if model["checkpoint"] is None:
         return None

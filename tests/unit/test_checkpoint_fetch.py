@@ -23,9 +23,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from bench.adapter import load_backbone
 from bench.catalogue import CATALOGUE_ENV, CatalogueError, get_entry
-from bench.checkpoint import CheckpointError, resolve_checkpoint
+from bench.checkpoint import CheckpointError
 from bench.checkpoint_cache import cached_file, fetch, verify_file, verify_id
 from bench.checkpoint_lock import LOCK_ENV, LockFileError, read_lock
+from bench.checkpoint_resolve import resolve_checkpoint
 from bench.cli import main
 from bench.download import DownloadError
 from bench.progress import ByteProgress
@@ -439,7 +440,7 @@ def test_suite_naming_an_id_validates_and_runs_by_its_pinned_digest(server, tmp_
 
 
 def test_missing_path_says_where_the_catalogue_gets_the_model(tmp_path) -> None:
-    from bench.checkpoint_cache import missing_path_hint
+    from bench.checkpoint_hints import missing_path_hint
 
     assert missing_path_hint("mae", "S", "mae").startswith(" (catalogue mae/vit-small: no "
                                                              "public release")

@@ -15,7 +15,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 import bench.checkpoint as ckpt_mod
 from bench.adapter import load_backbone
-from bench.checkpoint import CheckpointError, cached_sha256, read_checkpoint, resolve_checkpoint
+from bench.checkpoint import CheckpointError, cached_sha256
+from bench.checkpoint_resolve import read_checkpoint, resolve_checkpoint
 
 
 def tiny_state() -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from timm.models.vision_transformer import VisionTransformer
 from transformers import ViTConfig, ViTModel
 
 from bench.adapter import load_backbone
-from bench.checkpoint import resolve_checkpoint
+from bench.checkpoint_resolve import resolve_checkpoint
 from bench.hub import HubError, hub_cached, hub_download, parse_hub_path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
