@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from bench.choices import yaml_bools_to_choices
+from bench.protocols.optim import check_betas
 from unip.nmi import NMI_TARGET
 
 # Keys that may differ between a run and its resumption: they change how, not what.
@@ -98,9 +99,7 @@ class OptimConfig(_Strict):
     @field_validator("betas")
     @classmethod
     def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError(f"betas must each be in [0, 1), got {v}")
-        return v
+        return check_betas(v)
 
     @field_validator("base_lr")
     @classmethod

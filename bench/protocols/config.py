@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bench.choices import yaml_bools_to_choices
-from bench.protocols.optim import WeightDecayRule
+from bench.protocols.optim import WeightDecayRule, check_betas
 from bench.registry import did_you_mean
 
 # Bumped whenever a change could move a stored number (schedule, inference, metric).
@@ -161,9 +161,7 @@ class ProtocolSettings(BaseModel):
     @field_validator("betas")
     @classmethod
     def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError(f"betas must each be in [0, 1), got {v}")
-        return v
+        return check_betas(v)
 
     @field_validator("ratio_range")
     @classmethod

@@ -43,6 +43,13 @@ def wants_weight_decay(
     )
 
 
+def check_betas(betas: tuple[float, float]) -> tuple[float, float]:
+    """AdamW's betas, each in [0, 1) (a settings validator; ValueError otherwise)."""
+    if not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must each be in [0, 1), got {betas}")
+    return betas
+
+
 def layer_decay_multiplier(layer_id: int, num_layers: int, decay: float) -> float:
     """decay ** (num_layers + 1 - layer_id): embeddings smallest, neck/head exactly 1."""
     return decay ** (num_layers + 1 - layer_id)
