@@ -3,65 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
-from timm.models.vision_transformer import VisionTransformer
+from loopback_http import RangeServer, checkpoint_bytes
 
 from bench.adapter import load_backbone
 from bench.checkpoint import CheckpointError
 from bench.download import DownloadError, cache_path, download_cached
 
 
-def checkpoint_bytes() -> bytes:
-    state = VisionTransformer(embed_dim=192, depth=2, num_heads=3, num_classes=0).state_dict()
-    buf = io.BytesIO()
-    torch.save({"model": state}, buf)
-    return buf.getvalue()
-
-
-class Server:
-    """Serves ``files`` (path -> bytes) on 127.0.0.1 and counts the requests it gets."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files = files
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                server.requests.append(self.path)
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # A short poll interval so that shutdown() returns at once.
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
 @pytest.fixture
-def server(monkeypatch) -> Iterator[Server]:
+def server(monkeypatch) -> Iterator[RangeServer]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    srv = Server({"/ckpt/mae_tiny.pth": checkpoint_bytes(), "/small.bin": b"hello"})
+    srv = RangeServer({"/ckpt/mae_tiny.pth": checkpoint_bytes(), "/small.bin": b"hello"})
     srv.thread.start()
     yield srv
     srv.httpd.shutdown()
