@@ -92,3 +92,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     )
     return trainer.run().result()
 
+
+
+def evaluated_model(s: FineTuneSettings, backbone: Backbone, num_classes: int) -> nn.Module:
+    """What a fine-tuning run evaluates: the fine-tuning backbone + neck + decode head."""
+    finetune_backbone(backbone, s)
+    return build_model(backbone, num_classes, s.model_copy(update={"aux_head": None}))

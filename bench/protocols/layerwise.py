@@ -46,3 +46,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "per_layer": per_layer,
         "per_layer_best": {str(layer): b for layer, b in zip(layers, out.best, strict=True)},
     }
+
+
+def evaluated_model(s: LayerwiseProbeSettings, backbone: Any, num_classes: int) -> Any:
+    """What a layer-wise probe evaluates: the backbone + one head per probed block."""
+    layers = probed_layers(s, backbone.depth)
+    return build_probe(backbone, layers, [[k] for k in range(len(layers))], num_classes,
+                       head=s.head)

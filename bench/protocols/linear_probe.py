@@ -85,3 +85,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "lr_sweep": sweep,
         "cached_images": len(cache),
     }
+
+
+def evaluated_model(s: LinearProbeSettings, backbone: nn.Module, num_classes: int) -> Probe:
+    """What a linear probe evaluates: the backbone + one head on the concatenated blocks."""
+    layers = list(s.layers)
+    return build_probe(backbone, layers, [list(range(len(layers)))], num_classes, head=s.head)

@@ -1,0 +1,59 @@
+"""Declarations of the paper's three protocols, registered through ``pyproject.toml``.
+
+Kept free of torch imports: the training code is named as ``module:function`` and
+imported only when a run or a FLOP count needs it.
+"""
+
+from __future__ import annotations
+
+from bench.protocols.config import (
+    FineTuneSettings,
+    LayerwiseProbeSettings,
+    LinearProbeSettings,
+)
+from bench.protocols.registry import Protocol
+
+# 2.0: the released UNIP pipeline's defaults (layer scale and relative position bias in
+# the fine-tuned backbone, weight decay on pos_embed/cls_token, loss averaged over all
+# pixels, the segmentation configs' infrared std, per-dataset evaluation intervals,
+# uniform head split for UNIP students downstream). 1.0 results are not comparable.
+FINE_TUNE = Protocol(
+    name="fine_tune",
+    version="2.0",
+    settings=FineTuneSettings,
+    run="bench.protocols.finetune:run",
+    evaluated_model="bench.protocols.finetune:evaluated_model",
+    short="FT",
+    title="Fine-tuning",
+    description="Full fine-tuning: ViT + neck + UPerNet (+ auxiliary FCN), layer-wise lr decay.",
+    aliases=("finetune", "ft"),
+    reference_key="fine_tuning",
+)
+
+LINEAR_PROBE = Protocol(
+    name="linear_probe",
+    version="2.0",
+    settings=LinearProbeSettings,
+    run="bench.protocols.linear_probe:run",
+    evaluated_model="bench.protocols.linear_probe:evaluated_model",
+    short="LP",
+    title="Linear probing",
+    description="Frozen backbone; four blocks concatenated into one 1x1 conv head.",
+    aliases=("linearprobe", "lp", "linear-probe"),
+    reference_key="linear_probing",
+    result_fields=("lr_sweep",),
+)
+
+LAYERWISE_PROBE = Protocol(
+    name="layerwise_probe",
+    version="2.0",
+    settings=LayerwiseProbeSettings,
+    run="bench.protocols.layerwise:run",
+    evaluated_model="bench.protocols.layerwise:evaluated_model",
+    short="LW",
+    title="Layer-wise probing",
+    description="Frozen backbone; one 1x1 conv head per block, all trained in one pass.",
+    aliases=("layerwise", "lw"),
+    per_layer=True,
+    result_fields=("per_layer",),
+)

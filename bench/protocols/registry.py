@@ -1,0 +1,151 @@
+"""The protocol registry: what a protocol declares, and how core code finds it.
+
+A protocol is a plug-in like an adapter: an object registered in the entry-point group
+``unipbench.protocols`` (built-ins included, see ``pyproject.toml``). It declares its
+settings class, the function that runs it, the model it evaluates (for FLOPs), its
+metrics and its own version, so the runner, FLOP counts, tables, plots, ``train`` and
+the suite checks read the declaration and never a protocol's name.
+
+Declarations stay light: ``run`` and ``evaluated_model`` may be ``"module:function"``
+strings, imported only when called, so reading a table does not import training code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bench.registry import PROTOCOLS, RegistryError, did_you_mean
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from bench.backbone import Backbone
+    from bench.protocols.config import ProtocolSettings
+    from bench.protocols.context import RunContext
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a protocol reports in its result's ``metrics``."""
+
+    key: str  # key in result["metrics"], e.g. "mIoU"
+    label: str  # how tables and plots name it, e.g. "mIoU (%)"
+    higher_is_better: bool = True
+    digits: int = 2  # decimals shown in tables
+
+    def better(self, new: float, old: float | None) -> bool:
+        """Whether ``new`` improves on ``old`` (None: nothing yet)."""
+        if old is None:
+            return True
+        return new > old if self.higher_is_better else new < old
+
+
+MIOU = Metric("mIoU", "mIoU (%)")
+
+
+def _resolve(target: Callable | str, what: str) -> Callable:
+    if callable(target):
+        return target
+    module, _, attr = str(target).partition(":")
+    if not module or not attr:
+        raise RegistryError(f"{what} {target!r} is not 'module:function'")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol, as core code sees it.
+
+    ``run(ctx)`` trains/evaluates and returns the protocol's part of the result: at least
+    ``metrics`` (a dict holding every declared metric's key). ``evaluated_model(settings,
+    backbone, num_classes)`` returns the module whose forward the run evaluates (training-
+    only parts removed), given a freshly loaded backbone, for FLOP counts.
+    ``version`` enters the run id of this protocol's runs only: bumping it reruns them and
+    no other protocol's.
+    """
+
+    name: str
+    version: str
+    settings: type[ProtocolSettings]
+    run: Callable[[RunContext], dict[str, Any]] | str
+    evaluated_model: Callable[[Any, Backbone, int], nn.Module] | str | None = None
+    short: str = ""  # column prefix in tables ("FT"); defaults to the name
+    title: str = ""  # plot titles ("Fine-tuning"); defaults to the name
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    metrics: tuple[Metric, ...] = (MIOU,)
+    # The result carries ``per_layer`` ({block: metrics}); tables show the best block.
+    per_layer: bool = False
+    # Key of this protocol's table in the published reference numbers, if the paper has one.
+    reference_key: str | None = None
+    # Extra result fields this protocol adds (documentation for the store and docs).
+    result_fields: tuple[str, ...] = field(default=())
+
+    @property
+    def primary(self) -> Metric:
+        """The metric tables rank and plots draw."""
+        return self.metrics[0]
+
+    @property
+    def label(self) -> str:
+        return self.short or self.name
+
+    def run_fn(self) -> Callable[[RunContext], dict[str, Any]]:
+        return _resolve(self.run, f"protocol {self.name!r} run")
+
+    def model_fn(self) -> Callable[[Any, Backbone, int], nn.Module] | None:
+        if self.evaluated_model is None:
+            return None
+        return _resolve(self.evaluated_model, f"protocol {self.name!r} evaluated_model")
+
+
+class UnknownProtocol(RegistryError, ValueError):
+    """A protocol name that is not registered (a ValueError too: it is bad input)."""
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).strip().lower())
+
+
+def register_protocol(protocol: Protocol, overwrite: bool = False) -> Protocol:
+    """Register ``protocol`` (tests, notebooks; packages use the entry-point group)."""
+    PROTOCOLS.register(protocol.name, protocol, overwrite=overwrite)
+    return protocol
+
+
+def protocol_names() -> list[str]:
+    """Canonical names of every registered protocol, sorted."""
+    return PROTOCOLS.names()
+
+
+def _aliases() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in PROTOCOLS.names():
+        out.setdefault(_key(name), name)
+        for alias in PROTOCOLS.get(name).aliases:
+            out.setdefault(_key(alias), name)
+    return out
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called ``name`` or one of its aliases ('ft', 'linear-probe', ...)."""
+    if name in PROTOCOLS:
+        return PROTOCOLS.get(name)
+    aliases = _aliases()
+    key = _key(name)
+    if key in aliases:
+        return PROTOCOLS.get(aliases[key])
+    known = protocol_names()
+    raise UnknownProtocol(
+        f"unknown protocol {name!r}; use one of {', '.join(known)}."
+        + did_you_mean(str(name), known + sorted(aliases))
+    )
+
+
+def canonical_protocol(name: str) -> str:
+    """The registered name of ``name`` (an alias or the name itself)."""
+    return get_protocol(name).name
