@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from accelerate.utils import set_seed
 from protocol_job import MODEL, TINY, TINY_FT, dataset, make_soda
 from single_thread import one_thread
+from timm.models.vision_transformer import VisionTransformer
 
 from bench.adapter import load_backbone
+from bench.backbone import Backbone
 from bench.data import build_dataset, get_dataset_info
 from bench.data.transforms import test_transform
 from bench.metrics import IoUAccumulator
@@ -86,21 +89,160 @@ def test_finished_workdir_returns_stored_result(finetuned, soda, monkeypatch):
         run_protocol("fine_tune", MODEL, dataset(soda), {**settings, "lr": 0.5}, wd)
 
 
-def test_finetune_llfpn_is_unips_default(soda, tmp_path):
-    unip = {**MODEL, "adapter": "unip"}
-    r = run_protocol("fine_tune", unip, dataset(soda), {**TINY_FT, "iters": 4}, tmp_path,
-                     progress=False)
-    assert r["settings"]["neck"] == "llfpn"
-    assert r["settings"]["layer_decay"] == 0.85
-    assert 0 <= r["metrics"]["mIoU"] <= 100
+def mean_of_defined(per_class: list) -> float:
+    """mIoU as mmseg computes it: the mean over the classes whose IoU is defined."""
+    values = [v for v in per_class if v is not None]
+    return sum(values) / len(values)
 
 
-def test_linear_probe_on_the_fly(soda, tmp_path):
-    r = run_protocol("linear_probe", MODEL, dataset(soda), {**TINY, "iters": 6}, tmp_path,
-                     progress=False)
+def mmcv_poly_lr(it: int, lr: float, iters: int, warmup_iters: int,
+                 warmup_ratio: float = 1e-6, power: float = 1.0) -> float:
+    """mmcv 1.x PolyLrUpdaterHook (min_lr 0) with linear warm-up, at 0-based iteration
+    ``it``: regular = lr (1 - it/iters)^power; during warm-up regular x (1 - k) with
+    k = (1 - it/warmup_iters)(1 - warmup_ratio)."""
+    regular = lr * (1 - it / iters) ** power
+    if it >= warmup_iters:
+        return regular
+    k = (1 - it / warmup_iters) * (1 - warmup_ratio)
+    return regular * (1 - k)
+
+
+def beit_layer_id(name: str, depth: int) -> int:
+    """BEiT's get_num_layer_for_vit on segmentor names: embeddings 0, block i -> i + 1,
+    anything else (final norm, neck, heads) depth + 1."""
+    parts = name.split(".")
+    if parts[:2] == ["backbone", "vit"]:
+        if parts[2] in ("cls_token", "pos_embed", "patch_embed"):
+            return 0
+        if parts[2] == "blocks":
+            return int(parts[3]) + 1
+    return depth + 1
+
+
+def unip_student(path, last_heads: int) -> dict:
+    """A 4-block UNIP-T file as the distillation writes it, whose metadata says the last
+    block was distilled with ``last_heads`` heads."""
+    torch.manual_seed(3)
+    vit = VisionTransformer(embed_dim=192, depth=4, num_heads=3, num_classes=0)
+    torch.save({"model": vit.state_dict(), "unip": {"last_heads": last_heads, "depth": 4}},
+               path)
+    return {"adapter": "unip", "size": "tiny", "checkpoint": str(path),
+            "options": {"depth": 4}}
+
+
+def test_finetune_llfpn_is_unips_default(soda, tmp_path, monkeypatch):
+    from bench.protocols import finetune
+
+    seen: dict = {}
+    reads: list[list[int]] = []
+    real_model, real_adamw, real_features = finetune.build_model, finetune.build_adamw, \
+        Backbone.features
+
+    def spy_model(*args, **kwargs):
+        seen["model"] = model = real_model(*args, **kwargs)
+        seen["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return model
+
+    def spy_adamw(groups, *args, **kwargs):
+        seen["lr"] = {id(p): g["lr"] for g in groups for p in g["params"]}
+        return real_adamw(groups, *args, **kwargs)
+
+    def spy_features(self, x, layers=(-1,), norm=False):
+        reads.append(list(layers))
+        return real_features(self, x, layers, norm)
+
+    monkeypatch.setattr(finetune, "build_model", spy_model)
+    monkeypatch.setattr(finetune, "build_adamw", spy_adamw)
+    monkeypatch.setattr(Backbone, "features", spy_features)
+    unip = unip_student(tmp_path / "student.pth", last_heads=16)
+    r = run_protocol("fine_tune", unip, dataset(soda), {**TINY_FT, "iters": 4},
+                     tmp_path / "wd", progress=False)
+
+    # UNIP's defaults, with nothing asked for: LL-FPN, decay 0.85, no relative bias, and
+    # the size's 3 heads in every block, not the 16 the last block was distilled with.
+    s = r["settings"]
+    assert (s["neck"], s["layer_decay"], s["rel_pos_bias"]) == ("llfpn", 0.85, False)
+    assert r["backbone"]["num_heads"] == [3, 3, 3, 3]
+    assert r["backbone"]["extra"]["head_split"] == "uniform"
+    assert r["backbone"]["extra"]["distilled_last_heads"] == 16
+
+    model = seen["model"]
+    assert type(model.neck).__name__ == "LastLayerFPN" and model.neck.layers == [3]
+    assert reads and all(layers == [3] for layers in reads)  # the last block alone, always
+    names = dict(model.named_parameters())
+    assert names["neck.branches.0.0.weight"].shape[0] == 192  # one 192-channel map in
+    assert not any("relative_position" in n for n in names)
+    assert all(getattr(b.attn, "position_bias", None) is None
+               for b in model.backbone.vit.blocks)
+
+    # Layer-wise lr decay 0.85 over depth 4: lr x 0.85^(5 - layer id).
+    trainable = {n: p for n, p in names.items() if p.requires_grad}
+    assert set(trainable) == set(names) - {"backbone.vit.norm.weight", "backbone.vit.norm.bias"}
+    for n, p in trainable.items():
+        want = 1e-3 * 0.85 ** (5 - beit_layer_id(n, 4))
+        assert seen["lr"][id(p)] == pytest.approx(want, rel=1e-9), n
+
+    # Four steps trained every trainable part; the unused final norm stayed as loaded.
+    after = model.state_dict()
+    for n in ("backbone.vit.pos_embed", "backbone.vit.blocks.0.attn.qkv.weight",
+              "backbone.vit.blocks.3.mlp.fc2.weight", "neck.branches.0.0.weight",
+              "head.conv_seg.weight", "aux_head.conv_seg.weight"):
+        assert not torch.equal(after[n], seen["before"][n]), n
+    norm = "backbone.vit.norm.weight"
+    assert torch.equal(after[norm], seen["before"][norm])
+    assert r["iterations"] == 4 and [x["iteration"] for x in r["train_loss"]] == [4]
+    assert math.isfinite(r["train_loss"][0]["loss"]) and r["train_loss"][0]["loss"] > 0
+    m = r["metrics"]
+    assert len(m["per_class_iou"]) == 21
+    assert m["mIoU"] == pytest.approx(mean_of_defined(m["per_class_iou"]))
+
+
+def test_linear_probe_on_the_fly(soda, tmp_path, monkeypatch):
+    from bench.protocols import linear_probe, probe_training
+
+    seen: dict = {}
+    step_lrs: list[list[float]] = []
+    real_model, real_adamw = linear_probe.build_model, probe_training.build_adamw
+
+    def spy_model(*args, **kwargs):
+        seen["probe"] = probe = real_model(*args, **kwargs)
+        seen["backbone"] = {k: v.clone() for k, v in probe.features.state_dict().items()}
+        seen["heads"] = {k: v.clone() for k, v in probe.heads.state_dict().items()}
+        return probe
+
+    def spy_adamw(*args, **kwargs):
+        opt = real_adamw(*args, **kwargs)
+        opt.register_step_pre_hook(
+            lambda o, a, k: step_lrs.append([g["lr"] for g in o.param_groups]))
+        return opt
+
+    monkeypatch.setattr(linear_probe, "build_model", spy_model)
+    monkeypatch.setattr(probe_training, "build_adamw", spy_adamw)
+    settings = {**TINY, "iters": 6, "warmup_iters": 2, "log_interval": 2}
+    r = run_protocol("linear_probe", MODEL, dataset(soda), settings, tmp_path, progress=False)
     assert r["mode"] == "on_the_fly"
     assert "lr_sweep" not in r
-    assert len(r["metrics"]["per_class_iou"]) == 21
+
+    # Six optimiser steps, each at mmcv's poly-with-warm-up lr (every group: head only).
+    assert len(step_lrs) == 6 == r["iterations"]
+    for it, lrs in enumerate(step_lrs):
+        assert lrs == pytest.approx([mmcv_poly_lr(it, 1e-3, 6, 2)] * len(lrs), rel=1e-9), it
+    assert [x["iteration"] for x in r["train_loss"]] == [2, 4, 6]
+
+    # The backbone is frozen and untouched; the head is what trained.
+    probe = seen["probe"]
+    assert not any(p.requires_grad for p in probe.features.parameters())
+    for k, v in probe.features.state_dict().items():
+        assert torch.equal(v, seen["backbone"][k]), k
+    heads = probe.heads.state_dict()
+    assert heads.keys() == seen["heads"].keys()
+    assert all(not torch.equal(v, seen["heads"][k]) for k, v in heads.items())
+    assert probe.heads.heads[0].conv_seg.in_channels == 4 * 192  # blocks 0-3 concatenated
+
+    m = r["metrics"]
+    assert len(m["per_class_iou"]) == 21
+    assert m["mIoU"] == pytest.approx(mean_of_defined(m["per_class_iou"]))
+    assert r["last"] == m and r["best"]["mIoU"] == m["mIoU"]
 
 
 def test_linear_probe_cached_sweep_records_each_lr(soda, tmp_path):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 from bench.adapter import load_backbone
 from bench.backbone import Backbone
@@ -17,13 +21,18 @@ def bb() -> Backbone:
     return load_backbone("mae", "tiny", None, depth=DEPTH, drop_path_rate=0.0).eval()
 
 
-def blocks_by_hand(bb: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
-    t = bb.tokens(x)
-    outs = []
-    for blk in bb.vit.blocks:
-        t = blk(t)
-        outs.append(t)
-    return outs
+def timm_block_outputs(bb: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's output tokens (prefix + patches), from timm's own forward."""
+    pairs = bb.vit.forward_intermediates(
+        x, indices=list(range(bb.depth)), norm=False, output_fmt="NLC",
+        intermediates_only=True, return_prefix_tokens=True,
+    )
+    return [torch.cat([prefix, spatial], dim=1) for spatial, prefix in pairs]
+
+
+def timm_pos_embed(bb: Backbone, gh: int, gw: int) -> torch.Tensor:
+    """The position embedding (class position included) resampled to a gh x gw grid."""
+    return resample_abs_pos_embed(bb.vit.pos_embed, (gh, gw), num_prefix_tokens=1)
 
 
 def test_geometry(bb) -> None:
@@ -37,11 +46,16 @@ def test_features_in_requested_order_with_negative_indices(bb) -> None:
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         feats = bb.features(x, [-1, 0, 1])
-        ref = blocks_by_hand(bb, x)
+        # timm's VisionTransformer.forward_intermediates: block outputs as NCHW maps.
+        ref = bb.vit.forward_intermediates(
+            x, indices=[0, 1, 2], norm=False, output_fmt="NCHW", intermediates_only=True
+        )
     assert [f.shape for f in feats] == [(2, 192, 4, 6)] * 3
     for f, i in zip(feats, [DEPTH - 1, 0, 1], strict=True):
-        tokens = ref[i][:, 1:].transpose(1, 2).reshape(2, 192, 4, 6)
-        assert torch.allclose(f, tokens, atol=1e-6)
+        assert torch.allclose(f, ref[i], atol=1e-5)
+    # The three blocks differ, so an order mix-up cannot pass.
+    assert not torch.allclose(ref[0], ref[1], atol=1e-3)
+    assert not torch.allclose(ref[1], ref[2], atol=1e-3)
 
 
 def test_features_norm_applies_final_layernorm(bb) -> None:
@@ -55,15 +69,38 @@ def test_features_norm_applies_final_layernorm(bb) -> None:
     assert torch.allclose(normed, expected, atol=1e-5)
 
 
+def reference_logits(blk: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """q·k^T·head_dim^-0.5 of ``blk`` from its LayerNorm and qkv weights, heads split by hand."""
+    b, n, d = tokens.shape
+    heads = 3
+    hd = d // heads
+    h = F.layer_norm(tokens, (d,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+    qkv = h @ blk.attn.qkv.weight.T + blk.attn.qkv.bias  # B x N x 3D: [q | k | v]
+    q, k = qkv[..., :d], qkv[..., d : 2 * d]
+    q = q.reshape(b, n, heads, hd).transpose(1, 2)  # head j owns channels j*hd:(j+1)*hd
+    k = k.reshape(b, n, heads, hd).transpose(1, 2)
+    return torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(hd)
+
+
 def test_attention_probabilities_and_logits(bb) -> None:
     x = torch.randn(1, 3, 32, 48)
     with torch.no_grad():
         (probs,) = bb.attention(x, [1])
         (logits,) = bb.attention(x, [1], logits=True)
+        (last_probs, first_logits) = (bb.attention(x, [-1])[0], bb.attention(x, [0], True)[0])
+        outs = timm_block_outputs(bb, x)
+        proj = bb.vit.patch_embed.proj  # a 16 x 16 stride-16 convolution
+        patches = F.conv2d(x, proj.weight, proj.bias, stride=16).flatten(2).transpose(1, 2)
+        first_in = torch.cat([bb.vit.cls_token, patches], dim=1) + timm_pos_embed(bb, 2, 3)
+        expected = reference_logits(bb.vit.blocks[1], outs[0])  # block 1 reads block 0
+        expected_last = reference_logits(bb.vit.blocks[2], outs[1])
+        expected_first = reference_logits(bb.vit.blocks[0], first_in)
     n = 1 + 2 * 3
     assert probs.shape == logits.shape == (1, 3, n, n)
-    assert torch.allclose(probs.sum(-1), torch.ones(1, 3, n), atol=1e-5)
-    assert torch.allclose(logits.softmax(-1), probs, atol=1e-6)
+    assert torch.allclose(logits, expected, atol=1e-4)
+    assert torch.allclose(probs, expected.softmax(-1), atol=1e-6)
+    assert torch.allclose(last_probs, expected_last.softmax(-1), atol=1e-6)
+    assert torch.allclose(first_logits, expected_first, atol=1e-4)
 
 
 def test_attention_matches_timm_block(bb) -> None:

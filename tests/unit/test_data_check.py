@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +131,9 @@ def test_quick_check_raises_with_everything_wrong(soda: Path) -> None:
     assert "train_00005.png: 99" in msg
 
 
-def test_quick_check_is_quick_and_reads_a_sample(tmp_path: Path) -> None:
+def test_quick_check_reads_a_sample(tmp_path: Path) -> None:
+    # Its speed is a benchmark: tests/benchmarks/test_bench_data_tools.py.
     root = tmp_path / "big"
     synthesize("scut_seg", root, train=60, test=2, size=24)
-    t0 = time.perf_counter()
     report = quick_check("scut_seg", root, "train")
-    assert time.perf_counter() - t0 < 2.0
     assert report.ok and report.counts == {"train": 60} and report.files_read == 4

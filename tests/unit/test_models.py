@@ -114,6 +114,35 @@ def test_segmentor_loss_is_decode_plus_weighted_aux_and_ignores_255(backbone):
     assert empty["loss"].item() == 0.0
 
 
+def test_segmentor_loss_is_mmseg_cross_entropy_with_ignored_pixels_at_zero(backbone):
+    """Mixed labels: the decode loss is -log p(label) summed over labelled pixels only and
+    divided by every pixel of the batch (mmseg 0.x CrossEntropyLoss, ``avg_non_ignore``
+    off), computed here by hand from the logits."""
+    model = _segmentor(backbone, aux=False).eval()  # eval: no dropout, logits reproducible
+    img = torch.randn(2, 3, 64, 64)
+    label = torch.randint(0, 5, (2, 64, 64))
+    label[0, :10] = 255
+    label[1, :, 40:] = 255
+    with torch.no_grad():
+        logits = model(img)  # B x 5 x 64 x 64, the logits the loss is taken on
+        loss = model(img, label)["loss_decode"]
+        relabelled = label.clone()
+        relabelled[label == 255] = 0  # the same pixels, now counted
+        counted = model(img, relabelled)["loss_decode"]
+    keep = label != 255
+    z = logits.double().permute(0, 2, 3, 1)[keep]  # labelled pixels x classes
+    y = label[keep]
+    per_pixel = torch.logsumexp(z, dim=1) - z[torch.arange(len(y)), y]
+    assert 0 < keep.sum() < label.numel()
+    assert loss.item() == pytest.approx((per_pixel.sum() / label.numel()).item(), rel=1e-5)
+    # The ignored pixels had a non-zero loss to give when labelled: here they give none.
+    z_all = logits.double().permute(0, 2, 3, 1).reshape(-1, 5)
+    y_all = relabelled.reshape(-1)
+    everything = torch.logsumexp(z_all, 1) - z_all[torch.arange(len(y_all)), y_all]
+    assert counted.item() == pytest.approx(everything.mean().item(), rel=1e-5)
+    assert counted.item() > loss.item() + 0.1
+
+
 def test_single_process_keeps_plain_batchnorm(backbone):
     model = _segmentor(backbone)
     norms = [type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

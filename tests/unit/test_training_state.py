@@ -229,3 +229,72 @@ def test_finish_removes_the_training_state_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "final_weights.safetensors", "result.json"
     ]
+
+
+# ---------------------------------------------------------------------------- grad scaler
+class _LinearLoss(torch.nn.Module):
+    """loss = mean(w·x + b): finite for any finite input, so a huge batch overflows only
+    once the scaler multiplies it (scale x 1e34 > float32's 3.4e38)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+
+    def forward(self, img: torch.Tensor, label: torch.Tensor) -> dict:
+        return {"loss": self.lin(img).mean()}
+
+
+OVERFLOW_AT = 1  # the micro-batch (= iteration) whose scaled gradients are infinite
+
+
+def _batches(start: int):
+    i = start
+    while True:
+        value = 1e34 if i == OVERFLOW_AT else 1.0
+        yield {"img": torch.full((2, 2), value), "label": torch.zeros(2, dtype=torch.long)}
+        i += 1
+
+
+def _train_with_scaler(workdir: Path, iters: int) -> Accelerator:
+    """``iters`` steps through the Trainer with an fp16-style loss scaler (scale 2^16,
+    x2 after every 2 finite steps, x0.5 on overflow), checkpointing every 3 steps.
+
+    Accelerate makes a scaler for fp16 on CUDA only; the CPU one torch provides
+    (``torch.amp.GradScaler("cpu")``) is put where accelerate keeps it, before prepare,
+    so backward scales the loss and the optimizer step unscales, skips and updates."""
+    from bench.protocols.config import resolve_settings
+    from bench.protocols.engine import Trainer, build_scheduler
+
+    acc = Accelerator(cpu=True)
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=2)
+    torch.manual_seed(0)
+    model = _LinearLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    s = resolve_settings("linear_probe", "soda", "mae", "tiny", {
+        "iters": iters, "warmup_iters": 0, "checkpoint_interval": 3, "eval_interval": 0,
+        "log_interval": 1})
+    prepared, opt = acc.prepare(model, opt)
+    Trainer(acc, prepared, opt, build_scheduler(opt, s), model, _batches,
+            lambda: [{"mIoU": 0.0}], s, Checkpointer(workdir, acc, "fp"),
+            progress=False).run()
+    return acc
+
+
+def test_grad_scaler_state_survives_the_checkpoint_and_resume(tmp_path: Path) -> None:
+    # Steps 0 and 2 finite, step 1 overflows: 2^16 -> 2^15 at step 1, growth tracker 0,
+    # then 1 after step 2 (growth needs 2 finite steps in a row).
+    acc = _train_with_scaler(tmp_path, iters=3)
+    assert acc.scaler.get_scale() == 2.0**15
+    state = Checkpointer(tmp_path, acc, "fp").load()  # weights_only: plain values only
+    assert state["iteration"] == 3
+    assert state["scaler"]["scale"] == 2.0**15 and state["scaler"]["_growth_tracker"] == 1
+    assert state["scaler"]["growth_interval"] == 2
+
+    # Resumed to 5 steps by a fresh scaler (2^16, tracker 0): restored, step 3 is the
+    # second finite step in a row (-> 2^16, tracker 0) and step 4 leaves tracker 1. A
+    # scaler left fresh would instead end at 2^17.
+    resumed = _train_with_scaler(tmp_path, iters=5)
+    got = resumed.scaler.state_dict()
+    assert (got["scale"], got["_growth_tracker"]) == (2.0**16, 1)
+    straight = _train_with_scaler(tmp_path / "uninterrupted", iters=5).scaler.state_dict()
+    assert got == straight
