@@ -226,11 +226,10 @@ def _write_holder(path: Path) -> None:
     """Who holds a run, for the message another process prints when it finds it busy."""
     import json
 
+    from bench.diskio import atomic_write_text
     from bench.provenance import host_name
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host_name()}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"pid": os.getpid(), "host": host_name()}))
 
 
 def _holder(path: Path) -> str | None:
