@@ -7,7 +7,7 @@ consulted, and also accepts direct ``register`` calls (tests, notebooks).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -27,6 +27,26 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def unknown_name_message(
+    kind: str,
+    name: str,
+    choices: Sequence[str],
+    *,
+    owner: str | None = None,
+    suggest: Sequence[str] | None = None,
+) -> str:
+    """The one line for a name that is not among ``choices``, with the closest ones.
+
+    ``unknown dataset 'sodaa'; known: mfnet_thermal, soda. Did you mean 'soda'?``; with
+    ``owner`` (e.g. ``"adapter 'dino'"``): ``adapter 'dino' has no option 'x'; known: ...``.
+    ``suggest``: the names to suggest from, when more are accepted than are listed
+    (aliases); default ``choices``.
+    """
+    head = f"{owner} has no {kind} {name!r}" if owner else f"unknown {kind} {name!r}"
+    hints = list(choices if suggest is None else suggest)
+    return f"{head}; known: {', '.join(choices) or 'none'}." + did_you_mean(str(name), hints)
 
 
 class Registry(Generic[T]):
@@ -85,10 +105,7 @@ class Registry(Generic[T]):
                 ) from exc
             self._items[name] = obj
             return obj
-        raise RegistryError(
-            f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}."
-            + did_you_mean(name, self.names())
-        )
+        raise RegistryError(unknown_name_message(self.kind, name, self.names()))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()
