@@ -7,9 +7,10 @@ consulted, and also accepts direct ``register`` calls (tests, notebooks).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -27,6 +28,15 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def literal_hint(err: Mapping[str, Any]) -> str:
+    """'. Did you mean ...?' for a pydantic literal error on a misspelt string, else ''."""
+    if err.get("type") != "literal_error" or not isinstance(err.get("input"), str):
+        return ""
+    choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+    hint = did_you_mean(err["input"], choices) if choices else ""
+    return f".{hint}" if hint else ""
 
 
 def unknown_name_message(

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bench.registry import did_you_mean, unknown_name_message
-from bench.suite import Suite, SuiteProblem, literal_hint
+from bench.registry import did_you_mean, literal_hint, unknown_name_message
+from bench.suite_spec import Suite, SuiteProblem
 
 
 def _known_datasets() -> list[str]:

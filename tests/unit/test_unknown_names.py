@@ -8,7 +8,7 @@ from bench.adapter import AdapterError, check_options, get_adapter
 from bench.data import get_dataset_info
 from bench.data.spec import DatasetError
 from bench.protocols.config import canonical_protocol
-from bench.registry import Registry, RegistryError, unknown_name_message
+from bench.registry import Registry, RegistryError, literal_hint, unknown_name_message
 
 
 def test_the_sentence_lists_the_known_names_and_the_closest() -> None:
@@ -65,3 +65,20 @@ def test_registries_datasets_layouts_adapters_and_protocols_use_it() -> None:
         "unknown protocol 'fine tunning'; known: fine_tune, linear_probe, layerwise_probe. "
         "Did you mean 'finetune' or 'fine_tune'?"
     )
+
+
+def test_a_misspelt_literal_gets_the_closest_choice() -> None:
+    from typing import Literal
+
+    from pydantic import BaseModel, ValidationError
+
+    class Inference(BaseModel):
+        mode: Literal["slide", "whole"]
+
+    with pytest.raises(ValidationError) as info:
+        Inference(mode="slid")
+    assert literal_hint(info.value.errors()[0]) == ". Did you mean 'slide'?"
+    with pytest.raises(ValidationError) as info:
+        Inference(mode=3)
+    assert literal_hint(info.value.errors()[0]) == ""
+    assert literal_hint({"type": "missing", "input": "x"}) == ""
