@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bench.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneMeta
-from bench.registry import ADAPTERS, RegistryError, did_you_mean
+from bench.registry import ADAPTERS, RegistryError, did_you_mean, unknown_name_message
 
 
 class AdapterError(ValueError):
@@ -36,8 +36,7 @@ def check_options(adapter: Adapter, options: dict[str, Any]) -> None:
     for key in options:
         if key not in known:
             raise AdapterError(
-                f"adapter {adapter.name!r} has no option {key!r}; it accepts "
-                f"{', '.join(known)}." + did_you_mean(key, list(known))
+                unknown_name_message("option", key, known, owner=f"adapter {adapter.name!r}")
             )
     for key in ("depth", "patch_size"):
         value = options.get(key)
@@ -212,8 +211,7 @@ class Adapter:
                 return f
         names = [f.name for f in self.formats]
         raise AdapterError(
-            f"adapter {self.name!r} has no checkpoint format {name!r}; it declares "
-            f"{', '.join(names)}." + did_you_mean(name, names)
+            unknown_name_message("checkpoint format", name, names, owner=f"adapter {self.name!r}")
         )
 
     def choose_format(self, raw: Any, is_directory: bool) -> CheckpointFormat:

@@ -11,6 +11,7 @@ scalars); anything that would run code is refused before it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bench.diskio import atomic_write_text
 
 
 class CheckpointError(ValueError):
@@ -72,39 +75,60 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(base).expanduser() / "checkpoints"
 
 
-def _digest_record_path(resolved: Path, cache_dir: str | Path | None) -> Path:
-    key = hashlib.sha256(str(resolved).encode()).hexdigest()[:32]
-    return cache_root(cache_dir) / "digests" / f"{key}.json"
+class DigestCache:
+    """``sha256_file`` remembered per (resolved path, size, mtime_ns, inode).
+
+    Hashing a ViT-L checkpoint costs seconds; its stat tuple changes whenever the file is
+    rewritten, so a matching record is as good as rehashing. Each file's record is a small
+    JSON file in ``folder``, replaced atomically, so processes sharing the folder need no
+    lock; ``folder=None`` remembers digests for this object's lifetime only. Failing to
+    read or write a record only costs a hash.
+    """
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.folder = None if folder is None else Path(folder)
+        self._seen: dict[tuple, str] = {}
+
+    def _record_path(self, resolved: Path) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:32]}.json"
+
+    def sha256(self, path: str | Path) -> str:
+        resolved = Path(path).resolve()
+        st = resolved.stat()
+        key = {"path": str(resolved), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+               "ino": st.st_ino}
+        state = tuple(key.values())
+        if state in self._seen:
+            return self._seen[state]
+        record_path = self._record_path(resolved)
+        digest = _read_record(record_path, key) if record_path else None
+        if digest is None:
+            digest = sha256_file(resolved)
+            if record_path is not None:
+                with contextlib.suppress(OSError):
+                    atomic_write_text(record_path, json.dumps({**key, "sha256": digest}))
+        self._seen[state] = digest
+        return digest
+
+
+def _read_record(record_path: Path, key: dict) -> str | None:
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and all(record.get(k) == v for k, v in key.items()):
+        digest = record.get("sha256")
+        if isinstance(digest, str) and len(digest) == 64:
+            return digest
+    return None
 
 
 def cached_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
-    """``sha256_file`` remembered per (resolved path, size, mtime_ns, inode).
-
-    Hashing a ViT-L checkpoint costs seconds on every load; its stat tuple changes whenever
-    the file is rewritten, so a matching record is as good as rehashing. The record is a
-    small JSON sidecar under the cache dir; failing to read or write it only costs a hash.
-    """
-    resolved = Path(path).resolve()
-    st = resolved.stat()
-    key = {"path": str(resolved), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-    record_path = _digest_record_path(resolved, cache_dir)
-    try:
-        record = json.loads(record_path.read_text())
-        if isinstance(record, dict) and all(record.get(k) == v for k, v in key.items()):
-            digest = record.get("sha256")
-            if isinstance(digest, str) and len(digest) == 64:
-                return digest
-    except (OSError, ValueError):
-        pass
-    digest = sha256_file(resolved)
-    try:
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record_path.with_name(f"{record_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**key, "sha256": digest}))
-        os.replace(tmp, record_path)
-    except OSError:
-        pass
-    return digest
+    """``path``'s sha256 through the :class:`DigestCache` of the checkpoint cache
+    (``<cache>/digests``): loading a file that was hashed before costs a ``stat``."""
+    return DigestCache(cache_root(cache_dir) / "digests").sha256(path)
 
 
 def load_pickle_checkpoint(path: Path, what: str = "checkpoint") -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from bench.checkpoint import CheckpointError, check_sha256
+from bench.diskio import atomic_write_text
 
 LOCK_NAME = "checkpoints.lock"
 LOCK_ENV = "UNIPBENCH_LOCK"
@@ -93,7 +94,5 @@ def write_pin(path: str | Path | None, cid: str, pin: Pin) -> Path:
             "version": LOCK_VERSION,
             "checkpoints": {k: asdict(v) for k, v in sorted(pins.items())},
         }
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
+        atomic_write_text(p, json.dumps(body, indent=2) + "\n")
     return p

@@ -1,15 +1,19 @@
 """Writing files safely: atomic replacement, a clear disk-full error, writability checks.
 
 Every file a run writes goes through :func:`atomic_write` (temp file in the same folder,
-fsync, rename), so a crash or a full disk leaves the previous version intact. Folders
-and files a run will write are checked with :func:`check_writable` before any training,
-so a read-only store or workdir fails in seconds instead of after the run.
+fsync, rename) or one of its forms (:func:`atomic_write_text`, :func:`atomic_write_bytes`),
+so a crash or a full disk leaves the previous version intact. Files that a writer must
+create by name (an image library's ``save``, a hard link) use :func:`atomic_replace`.
+Folders and files a run will write are checked with :func:`check_writable` before any
+training, so a read-only store or workdir fails in seconds instead of after the run.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,11 +70,44 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere setting and restoring it is the only way to learn it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_mode(tmp: str, path: Path) -> None:
+    """The temp file gets ``path``'s mode, or a new file's (mkstemp makes it 0600)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)
+
+
+def _failed(exc: BaseException, tmp: str | Path | None, path: Path) -> BaseException:
+    """Remove the temp file; a full disk becomes :class:`DiskFullError` naming ``path``."""
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+    if is_disk_full(exc):
+        return DiskFullError(path, kept=path.exists())
+    return exc
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temp file next to ``path``, fsync, then rename over ``path``.
 
     A crash mid-write leaves the previous file intact, never a half-written one; a full
-    disk raises :class:`DiskFullError` naming ``path`` and what is kept.
+    disk raises :class:`DiskFullError` naming ``path`` and what is kept. The file keeps
+    the mode of the one it replaces (a new one gets the umask's, as ``open`` gives it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,20 +118,46 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _give_mode(tmp, path)
         os.replace(tmp, path)
     except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise DiskFullError(path, kept=path.exists()) from exc
-        raise
+        err = _failed(exc, tmp, path)
+        if err is exc:
+            raise
+        raise err from exc
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of UTF-8 text."""
-    data = text.encode("utf-8")
-    return atomic_write(path, lambda f: f.write(data))
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_replace(path: str | Path, make: Callable[[Path], None]) -> Path:
+    """Call ``make(tmp)`` to create the new file at a fresh temp path next to ``path``,
+    then rename it over ``path``.
+
+    For writers that need a file name (an image library's ``save``, ``os.link``); nothing
+    exists at ``tmp`` beforehand. Not fsynced: meant for bulk files a rerun rebuilds
+    (prepared datasets); what must survive a power cut goes through :func:`atomic_write`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        make(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        err = _failed(exc, tmp, path)
+        if err is exc:
+            raise
+        raise err from exc
+    return path
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
 from bench.checkpoint import CheckpointError, cache_root, cached_sha256, check_sha256
+from bench.diskio import atomic_write
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -41,13 +40,11 @@ def cache_path(url: str, cache_dir: str | Path | None = None) -> Path:
 
 def _fetch(url: str, target: Path, expected: str | None) -> None:
     """Stream ``url`` into a temp file in ``target``'s folder; rename once verified."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    digest = hashlib.sha256()
-    try:
+
+    def stream(out: BinaryIO) -> None:
+        digest = hashlib.sha256()
         request = urllib.request.Request(url, headers={"User-Agent": "unip-bench"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as r:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
                 while block := r.read(CHUNK):
@@ -55,16 +52,16 @@ def _fetch(url: str, target: Path, expected: str | None) -> None:
                     digest.update(block)
                     bar.update(len(block))
         got = digest.hexdigest()
-        if expected and got != expected:
+        if expected and got != expected:  # raised inside: the temp file is discarded
             raise DownloadError(
                 f"download of {url} has sha256 {got}, expected {expected}; the file was "
                 "discarded (wrong URL or hash, or the server sent something else)"
             )
-        os.replace(tmp, target)
+
+    try:
+        atomic_write(target, stream)
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(f"cannot download {url}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def download_cached(

@@ -13,14 +13,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from bench.adapter import SIZE_LETTER, canonical_size
+from bench.checkpoint import DigestCache
 from bench.suite import Suite
 
 RUN_ID_CHARS = 16
@@ -80,54 +78,16 @@ def run_id_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:RUN_ID_CHARS]
 
 
-class HashCache:
-    """sha256 of files keyed by (path, size, mtime): large checkpoints are hashed once."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._mem: dict[str, str] = {}
-
-    def _key(self, p: Path) -> str:
-        st = p.stat()
-        return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-    def _load(self) -> dict[str, str]:
-        if self.path is None or not self.path.exists():
-            return {}
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}  # a damaged cache only costs re-hashing
-
-    def sha256(self, p: Path) -> str:
-        from bench.checkpoint import sha256_file
-
-        key = self._key(p)
-        if key in self._mem:
-            return self._mem[key]
-        disk = self._load()
-        if key not in disk:
-            disk[key] = sha256_file(p)
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with FileLock(str(self.path) + ".lock"):
-                    merged = {**self._load(), key: disk[key]}
-                    tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-                    tmp.write_text(json.dumps(merged, indent=0, sort_keys=True))
-                    os.replace(tmp, self.path)
-        self._mem[key] = disk[key]
-        return disk[key]
-
-    def directory(self, d: Path) -> str:
-        """One digest for an export folder: its files' relative names and hashes."""
-        h = hashlib.sha256()
-        for f in sorted(p for p in d.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(d)}:{self.sha256(f)}\n".encode())
-        return h.hexdigest()
+def directory_digest(d: Path, digests: DigestCache) -> str:
+    """One digest for an export folder: its files' relative names and hashes."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in d.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(d)}:{digests.sha256(f)}\n".encode())
+    return h.hexdigest()
 
 
 def checkpoint_identity(
-    checkpoint: str | None, sha256: str | None, cache: HashCache
+    checkpoint: str | None, sha256: str | None, digests: DigestCache
 ) -> tuple[str | None, str | None]:
     """(path or URL to load, what identifies the weights) for a model's checkpoint."""
     if checkpoint is None:
@@ -144,16 +104,17 @@ def checkpoint_identity(
     if sha256:
         return str(path), sha256.lower()
     if path.is_file():
-        return str(path), cache.sha256(path)
+        return str(path), digests.sha256(path)
     if path.is_dir():
-        return str(path), "dir:" + cache.directory(path)
+        return str(path), "dir:" + directory_digest(path, digests)
     # Missing now: the run fails when loading and says so; the id changes once it exists.
     return str(path), f"missing:{path}"
 
 
-def expand(suite: Suite, hash_cache: HashCache | None = None, data: bool = True) -> list[Run]:
+def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) -> list[Run]:
     """Every run of ``suite``, in a stable order: model, dataset, protocol, seed.
 
+    ``digests`` remembers checkpoint digests across calls (default: for this call only).
     ``data=False`` leaves the data's content out of the identities (and reads no data):
     only for deciding which datasets to generate, never for ids that are stored.
     """
@@ -161,7 +122,7 @@ def expand(suite: Suite, hash_cache: HashCache | None = None, data: bool = True)
     from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS, PROTOCOL_VERSION
     from bench.suite_checks import resolved_settings
 
-    cache = hash_cache or HashCache(None)
+    cache = digests or DigestCache(None)
     spec = suite.spec
     contents: dict[tuple[int, tuple[str, ...]], dict[str, str] | None] = {}
     runs: list[Run] = []

@@ -7,9 +7,10 @@ consulted, and also accepts direct ``register`` calls (tests, notebooks).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -27,6 +28,35 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def literal_hint(err: Mapping[str, Any]) -> str:
+    """'. Did you mean ...?' for a pydantic literal error on a misspelt string, else ''."""
+    if err.get("type") != "literal_error" or not isinstance(err.get("input"), str):
+        return ""
+    choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+    hint = did_you_mean(err["input"], choices) if choices else ""
+    return f".{hint}" if hint else ""
+
+
+def unknown_name_message(
+    kind: str,
+    name: str,
+    choices: Sequence[str],
+    *,
+    owner: str | None = None,
+    suggest: Sequence[str] | None = None,
+) -> str:
+    """The one line for a name that is not among ``choices``, with the closest ones.
+
+    ``unknown dataset 'sodaa'; known: mfnet_thermal, soda. Did you mean 'soda'?``; with
+    ``owner`` (e.g. ``"adapter 'dino'"``): ``adapter 'dino' has no option 'x'; known: ...``.
+    ``suggest``: the names to suggest from, when more are accepted than are listed
+    (aliases); default ``choices``.
+    """
+    head = f"{owner} has no {kind} {name!r}" if owner else f"unknown {kind} {name!r}"
+    hints = list(choices if suggest is None else suggest)
+    return f"{head}; known: {', '.join(choices) or 'none'}." + did_you_mean(str(name), hints)
 
 
 class Registry(Generic[T]):
@@ -85,10 +115,7 @@ class Registry(Generic[T]):
                 ) from exc
             self._items[name] = obj
             return obj
-        raise RegistryError(
-            f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}."
-            + did_you_mean(name, self.names())
-        )
+        raise RegistryError(unknown_name_message(self.kind, name, self.names()))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()

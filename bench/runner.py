@@ -22,7 +22,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from bench.matrix import HashCache, Run, expand
+from bench.checkpoint import DigestCache, cache_root
+from bench.matrix import Run, expand
 from bench.store import (
     DEFAULT_STORE,
     RunRecord,
@@ -69,8 +70,9 @@ class Paths:
     def run_dir(self, run: Run) -> Path:
         return self.workdir / run.run_id
 
-    def hash_cache(self) -> HashCache:
-        return HashCache(self.workdir / ".sha256-cache.json")
+    def digests(self) -> DigestCache:
+        """The checkpoint cache's digests: what expanding hashes, loading does not rehash."""
+        return DigestCache(cache_root() / "digests")
 
     def check_writable(self) -> None:
         """Fail now, naming the path, if a run could not write its folder or its record
@@ -226,11 +228,10 @@ def _write_holder(path: Path) -> None:
     """Who holds a run, for the message another process prints when it finds it busy."""
     import json
 
+    from bench.diskio import atomic_write_text
     from bench.provenance import host_name
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host_name()}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"pid": os.getpid(), "host": host_name()}))
 
 
 def _holder(path: Path) -> str | None:
@@ -380,7 +381,7 @@ def outcome_line(run: Run, outcome: dict, index: int, total: int) -> str:
 def select_runs(
     suite: Suite, paths: Paths, only: str | None = None, data: bool = True
 ) -> list[Run]:
-    runs = expand(suite, paths.hash_cache(), data=data)
+    runs = expand(suite, paths.digests(), data=data)
     if only:
         runs = [r for r in runs if r.matches(only)]
         if not runs:
@@ -455,7 +456,7 @@ def run_suite(
 
     paths.check_writable()
     # Synthetic data first: the run ids cover the data's content, taken after generation.
-    plan = expand(suite, paths.hash_cache(), data=False)
+    plan = expand(suite, paths.digests(), data=False)
     prepare_datasets([r for r in plan if not only or r.matches(only)] or plan, log)
     runs = select_runs(suite, paths, only)
     latest = latest_by_run(read_records(paths.store))

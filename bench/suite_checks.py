@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bench.registry import did_you_mean
-from bench.suite import Suite, SuiteProblem, literal_hint
+from bench.registry import did_you_mean, literal_hint, unknown_name_message
+from bench.suite_spec import Suite, SuiteProblem
 
 
 def _known_datasets() -> list[str]:
@@ -29,11 +29,7 @@ def _check_protocol_name(suite: Suite, key_path: tuple, name: str) -> SuiteProbl
         return None
     if name in PROTOCOL_ALIASES:
         return suite.problem(key_path, f"write the protocol as {PROTOCOL_ALIASES[name]!r}")
-    return suite.problem(
-        key_path,
-        f"unknown protocol {name!r}; known: {', '.join(SETTINGS_CLASSES)}."
-        + did_you_mean(name, list(SETTINGS_CLASSES)),
-    )
+    return suite.problem(key_path, unknown_name_message("protocol", name, list(SETTINGS_CLASSES)))
 
 
 def _check_setting_keys(
@@ -164,9 +160,7 @@ def check_semantics(suite: Suite) -> list[SuiteProblem]:
     for i, m in enumerate(spec.models):
         if m.adapter not in adapters:
             problems.append(suite.problem(
-                ("models", i, "adapter"),
-                f"unknown adapter {m.adapter!r}; known: {', '.join(adapters)}."
-                + did_you_mean(m.adapter, adapters),
+                ("models", i, "adapter"), unknown_name_message("adapter", m.adapter, adapters)
             ))
         try:
             size = canonical_size(m.size)
@@ -188,9 +182,7 @@ def check_semantics(suite: Suite) -> list[SuiteProblem]:
     for i, d in enumerate(spec.datasets):
         if d.name not in datasets:
             problems.append(suite.problem(
-                ("datasets", i, "name"),
-                f"unknown dataset {d.name!r}; known: {', '.join(datasets)}."
-                + did_you_mean(d.name, datasets),
+                ("datasets", i, "name"), unknown_name_message("dataset", d.name, datasets)
             ))
         if d.name in seen_data:
             problems.append(suite.problem(

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from bench.assignments import parse_assignments
 from bench.choices import yaml_bools_to_choices
 from bench.protocols.optim import check_betas
 from unip.nmi import NMI_TARGET
@@ -152,15 +153,10 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> set[str]:
     """Apply ``key.sub=value`` strings (values parsed as YAML); returns the keys set."""
-    keys = set()
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected key=value (e.g. optim.epochs=2)")
-        _set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
-        keys.add(key)
-    return keys
+    values = parse_assignments(overrides, "--set", example="optim.epochs=2")
+    for key, value in values.items():
+        _set_dotted(raw, key, value)
+    return set(values)
 
 
 def _describe_errors(exc: ValidationError, source: str, overridden: set[str]) -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -22,6 +20,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from bench.backbone import INFRARED_MEAN, INFRARED_STD
+from bench.diskio import atomic_write_text
 from unip.images import ImageListDataset, is_image_name
 
 READ_ERRORS = (
@@ -170,24 +169,12 @@ def summary_path(manifest: str | Path) -> Path:
     return manifest.with_name(manifest.stem + ".summary.json")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(entries: Sequence[ManifestEntry], report: InfMixReport, out: str | Path) -> Path:
     """Write the manifest (JSONL) and its report (``.summary.json``); returns the manifest."""
     out = Path(out)
     lines = "".join(json.dumps(asdict(e)) + "\n" for e in entries)
-    _atomic_write_text(out, lines)
-    _atomic_write_text(summary_path(out), json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(out, lines)
+    atomic_write_text(summary_path(out), json.dumps(report.to_dict(), indent=2) + "\n")
     return out
 
 

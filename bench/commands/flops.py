@@ -5,20 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import yaml
-
+from bench.assignments import parse_assignments
 from bench.flops import model_flops
-
-
-def parse_options(pairs: list[str] | None) -> dict:
-    """``["last_heads=16", "depth=4"]`` -> ``{"last_heads": 16, "depth": 4}`` (YAML values)."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         neck=args.neck,
         head=args.head,
         num_classes=num_classes,
-        options=parse_options(args.option),
+        options=parse_assignments(args.option, "--option"),
         decode_head=not args.backbone_only,
     )
     data = report.to_dict()

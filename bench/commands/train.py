@@ -10,29 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
+
+from bench.assignments import parse_assignments
 
 PROTOCOL_CHOICES = {
     "finetune": "fine_tune",
     "linear-probe": "linear_probe",
     "layerwise": "layerwise_probe",
 }
-
-
-def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse (numbers, lists,
-    booleans, null), else kept as strings."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects key=value, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = value
-    return out
 
 
 def summary(result: dict, class_names: list[str]) -> str:

@@ -8,8 +8,8 @@ dataset archive holds plain files and folders.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
 import tarfile
 import zipfile
@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from bench.data.spec import DatasetError
+from bench.diskio import atomic_replace
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Written last, one per archive: that archive is wholly in place.
@@ -105,6 +106,12 @@ def _streams(archive: Path) -> Iterator[tuple[str, int, object]]:
                 yield _clean(archive, m.name), m.size, f
 
 
+def _copy(stream: object, part: Path) -> None:
+    """One member's bytes into ``part`` (the temp name :func:`atomic_replace` gives)."""
+    with open(part, "wb") as out:
+        shutil.copyfileobj(stream, out, CHUNK)  # type: ignore[arg-type]
+
+
 def extract(archive: Path, dest: Path) -> int:
     """Extract ``archive`` into ``dest``; returns the number of files written (0 when a
     previous run finished). Complete files from an interrupted run are kept."""
@@ -128,11 +135,7 @@ def extract(archive: Path, dest: Path) -> int:
                 target = dest / name
                 if target.is_file() and target.stat().st_size == size:
                     continue  # finished by an earlier run
-                target.parent.mkdir(parents=True, exist_ok=True)
-                part = target.with_name(f".{target.name}.part")
-                with open(part, "wb") as out:
-                    shutil.copyfileobj(stream, out, CHUNK)  # type: ignore[arg-type]
-                os.replace(part, target)
+                atomic_replace(target, functools.partial(_copy, stream))
                 written += 1
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise DatasetError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.data.catalog import BUILTIN_DATASETS
 from bench.data.spec import DatasetError, DatasetInfo
-from bench.registry import DATASETS, RegistryError, did_you_mean
+from bench.registry import DATASETS, RegistryError, unknown_name_message
 
 _registered = False
 
@@ -34,9 +34,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
     _ensure_builtins()
     if name not in DATASETS:
         known = DATASETS.names()
-        raise UnknownDatasetError(
-            f"unknown dataset {name!r}; known: {', '.join(known)}." + did_you_mean(name, known)
-        )
+        raise UnknownDatasetError(unknown_name_message("dataset", name, known))
     info = DATASETS.get(name)
     if not isinstance(info, DatasetInfo):
         raise DatasetError(

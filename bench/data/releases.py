@@ -22,6 +22,7 @@ from tqdm import tqdm
 from bench.data.imageio import read_label
 from bench.data.layout import quote_some
 from bench.data.spec import DatasetError
+from bench.diskio import atomic_replace, atomic_write_text
 
 Converter = Callable[[Path, Path], int]  # (release folder, dataset root) -> files written
 
@@ -41,28 +42,20 @@ class Release:
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic(target: Path, write: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part")
-    write(part)
-    os.replace(part, target)
-
-
 def _save_png(arr: np.ndarray, target: Path) -> None:
-    _atomic(target, lambda p: Image.fromarray(arr).save(p, format="PNG", compress_level=6))
+    atomic_replace(target, lambda p: Image.fromarray(arr).save(p, format="PNG", compress_level=6))
 
 
 def _place(src: Path, target: Path) -> None:
     """A hard link where the file system allows one (no second copy), else a copy."""
 
     def write(part: Path) -> None:
-        part.unlink(missing_ok=True)
         try:
             os.link(src, part)
         except OSError:
             shutil.copyfile(src, part)
 
-    _atomic(target, write)
+    atomic_replace(target, write)
 
 
 def _stems(split_file: Path, first_path: bool = False) -> list[str]:
@@ -77,7 +70,7 @@ def _stems(split_file: Path, first_path: bool = False) -> list[str]:
 
 
 def _write_split(root: Path, name: str, stems: list[str]) -> None:
-    _atomic(root / name, lambda p: p.write_text("".join(f"{s}\n" for s in stems)))
+    atomic_write_text(root / name, "".join(f"{s}\n" for s in stems))
 
 
 def _missing(what: str, items: list[str], where: Path) -> DatasetError:

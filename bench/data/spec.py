@@ -109,12 +109,11 @@ class DatasetInfo:
         for lay in self.layouts:
             if lay.name == name:
                 return lay
-        from bench.registry import did_you_mean
+        from bench.registry import unknown_name_message
 
         names = [lay.name for lay in self.layouts]
         raise DatasetError(
-            f"dataset {self.name!r} has no layout {name!r}; known: {', '.join(names)}."
-            + did_you_mean(name, names)
+            unknown_name_message("layout", name, names, owner=f"dataset {self.name!r}")
         )
 
     def summary(self) -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from bench.diskio import atomic_write
+from bench.diskio import atomic_write_bytes
 from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS
 from bench.protocols.state import (
     atomic_save,
@@ -133,7 +133,7 @@ class Checkpointer:
             meta = {"format": WEIGHTS_FORMAT, "fingerprint": self.fingerprint,
                     "iteration": str(iteration)}
             data = save(tensors, metadata=meta)
-            atomic_write(path, lambda f: f.write(data))
+            atomic_write_bytes(path, data)
         self.accelerator.wait_for_everyone()
         return path
 

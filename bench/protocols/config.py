@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bench.choices import yaml_bools_to_choices
 from bench.protocols.optim import WeightDecayRule, check_betas
-from bench.registry import did_you_mean
+from bench.registry import did_you_mean, unknown_name_message
 
 # Bumped whenever a change could move a stored number (schedule, inference, metric).
 # 2.0: the released UNIP pipeline's defaults (layer scale and relative position bias in
@@ -337,8 +337,8 @@ def canonical_protocol(protocol: str) -> str:
     if key in PROTOCOL_ALIASES:
         return PROTOCOL_ALIASES[key]
     raise ValueError(
-        f"unknown protocol {protocol!r}; use one of {', '.join(SETTINGS_CLASSES)}."
-        + did_you_mean(str(protocol), list(PROTOCOL_ALIASES))
+        unknown_name_message("protocol", protocol, list(SETTINGS_CLASSES),
+                             suggest=list(PROTOCOL_ALIASES))
     )
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.matrix import HashCache, expand
+from bench.checkpoint import DigestCache
+from bench.matrix import expand
 from bench.suite import load_suite
 
 SUITE = """\
@@ -36,7 +37,7 @@ def suite_file(tmp_path: Path, name: str = "a", label: str = "deit", root: str =
     return p
 
 
-def ids(path: Path, cache: HashCache | None = None) -> list[str]:
+def ids(path: Path, cache: DigestCache | None = None) -> list[str]:
     return [r.run_id for r in expand(load_suite(path), cache)]
 
 
@@ -90,7 +91,7 @@ def test_ids_ignore_what_a_run_keeps_on_disk(tmp_path: Path) -> None:
 def test_ids_follow_checkpoint_content_not_path(tmp_path: Path) -> None:
     ck = tmp_path / "w.pth"
     ck.write_bytes(b"weights-1")
-    cache = HashCache(tmp_path / "hashes.json")
+    cache = DigestCache(tmp_path / "digests")
     first = ids(suite_file(tmp_path, ckpt=str(ck)), cache)
     moved = tmp_path / "moved.pth"
     moved.write_bytes(b"weights-1")
@@ -100,7 +101,7 @@ def test_ids_follow_checkpoint_content_not_path(tmp_path: Path) -> None:
     assert ids(suite_file(tmp_path, ckpt=str(ck)), cache)[:8] != first[:8]
     random_init = ids(suite_file(tmp_path))
     assert random_init[:8] != first[:8]
-    assert (tmp_path / "hashes.json").exists()
+    assert len(list((tmp_path / "digests").glob("*.json"))) == 2  # w.pth and moved.pth
 
 
 def test_given_sha256_is_used_without_hashing(tmp_path: Path) -> None:
