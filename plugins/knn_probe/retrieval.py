@@ -84,8 +84,13 @@ def _select(sims: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tenso
     above = sims > threshold
     tied = sims == threshold
     room = k - above.sum(1, keepdim=True)
-    keep = above | (tied & (tied.int().cumsum(1, dtype=torch.int32) <= room))
-    cols = keep.nonzero()[:, 1].reshape(n, k)  # row-major: columns ascending per row
+    keep = above | (tied & (tied.cumsum(1, dtype=torch.int32) <= room))
+    # Exactly k kept per row: scatter each kept column to its rank among the kept ones
+    # (the rest to a spare column), which keeps them ascending without a host sync.
+    slot = torch.where(keep, keep.cumsum(1) - 1, k)
+    cols = torch.arange(c, device=sims.device).expand(n, c)
+    cols = torch.empty(n, k + 1, dtype=torch.int64, device=sims.device).scatter_(1, slot, cols)
+    cols = cols[:, :k]
     return sims.gather(1, cols), rows.gather(1, cols)
 
 
