@@ -73,25 +73,42 @@ def sample_patches(present: torch.Tensor, quota: int, seed: int, image_index: in
     return order.sort().values
 
 
-def _select(sims: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest of each row of ``sims`` (``rows`` ascending along dim 1), lower
-    rows first among equals; kept in ascending row order."""
+def _select_exact(
+    sims: torch.Tensor, rows: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_select` for rows whose k-th value is tied beyond position k."""
     n, c = sims.shape
-    k = min(k, c)
-    if k == c:
-        return sims, rows
     threshold = sims.topk(k, dim=1).values[:, -1:]
     above = sims > threshold
     tied = sims == threshold
     room = k - above.sum(1, keepdim=True)
     keep = above | (tied & (tied.cumsum(1, dtype=torch.int32) <= room))
     # Exactly k kept per row: scatter each kept column to its rank among the kept ones
-    # (the rest to a spare column), which keeps them ascending without a host sync.
+    # (the rest to a spare column), which keeps them ascending.
     slot = torch.where(keep, keep.cumsum(1) - 1, k)
     cols = torch.arange(c, device=sims.device).expand(n, c)
     cols = torch.empty(n, k + 1, dtype=torch.int64, device=sims.device).scatter_(1, slot, cols)
     cols = cols[:, :k]
     return sims.gather(1, cols), rows.gather(1, cols)
+
+
+def _select(sims: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest of each row of ``sims`` (``rows`` ascending along dim 1), lower
+    rows first among equals; kept in ascending row order."""
+    c = sims.shape[1]
+    k = min(k, c)
+    if k == c:
+        return sims, rows
+    values, cols = sims.topk(k, dim=1)
+    # Where no value outside the top k equals the k-th, top-k's set is the answer
+    # whatever its tie order; only the other rows need the exact rule.
+    ambiguous = (sims >= values[:, -1:]).sum(1) > k
+    cols = cols.sort(dim=1).values
+    out_sims, out_rows = sims.gather(1, cols), rows.gather(1, cols)
+    if ambiguous.any():
+        idx = ambiguous.nonzero()[:, 0]
+        out_sims[idx], out_rows[idx] = _select_exact(sims[idx], rows[idx], k)
+    return out_sims, out_rows
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from bench.cli import user_message
@@ -64,6 +65,33 @@ def test_ties_go_to_the_lower_bank_row_whatever_the_chunk(chunk):
     labels = torch.eye(5)
     scores = knn_scores(torch.tensor([[1.0, 0.0]]), bank, labels, 2, 0.02, chunk)
     assert scores[0].tolist() == [0.0, 0.5, 0.5, 0.0, 0.0]  # equal weights
+
+
+def test_tied_and_untied_queries_in_one_batch():
+    bank = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 0.0], [0.6, 0.8]])
+    _, rows = nearest(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), bank, k=1, chunk=3)
+    assert rows.tolist() == [[1], [0]]
+
+
+@pytest.mark.parametrize(("k", "chunk"), [(1, 7), (5, 16), (12, 5), (40, 64)])
+def test_search_equals_a_stable_sort_of_all_similarities(k, chunk):
+    """Axis vectors scaled by powers of two: every cosine is exactly -1, 0 or 1, so ties
+    abound and no rounding can break them. The reference ranks every bank row by a
+    stable sort (ties keep the lower row) and keeps the first k."""
+    g = torch.Generator().manual_seed(k)
+
+    def axes(n: int) -> torch.Tensor:
+        x = torch.zeros(n, 3)
+        x[torch.arange(n), torch.randint(0, 3, (n,), generator=g)] = 1.0
+        sign = torch.randint(0, 2, (n, 1), generator=g) * 2 - 1
+        return x * sign * 2.0 ** torch.randint(0, 3, (n, 1), generator=g)
+
+    bank, queries = axes(60), axes(9)
+    sims, rows = nearest(queries, bank, k=k, chunk=chunk)
+    full = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T
+    expect = torch.sort(-full, dim=1, stable=True).indices[:, :k].sort(dim=1).values
+    assert torch.equal(rows, expect)
+    assert torch.allclose(sims, full.gather(1, expect))
 
 
 def test_many_queries_each_get_their_own_neighbours():
