@@ -78,8 +78,8 @@ class KnnProbeSettings(ProtocolSettings):
         16384,
         gt=0,
         le=1 << 24,
-        description="Bank rows compared with a batch of query patches at once: bounds the "
-        "similarity matrix to (query patches x chunk) floats. Does not change results.",
+        description="Bank rows compared with a block of query patches at once: bounds the "
+        "similarity matrix to 1024 query patches x chunk floats. Does not change results.",
     )
 
     @field_validator("memory_size")

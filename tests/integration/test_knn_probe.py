@@ -53,6 +53,9 @@ def soda(tmp_path_factory):
 @pytest.fixture(scope="module")
 def knn(soda, tmp_path_factory):
     """``run(overrides, name) -> result`` through run_protocol, the plug-in enabled."""
+    from bench.registry import PROTOCOLS
+
+    installed = "knn_probe" in PROTOCOLS  # through the entry point
     mp = pytest.MonkeyPatch()
     enable_knn_probe(mp.setitem)
 
@@ -63,6 +66,8 @@ def knn(soda, tmp_path_factory):
 
     yield run
     mp.undo()
+    if not installed:  # later tests see the registry as it was
+        PROTOCOLS.unregister("knn_probe")
 
 
 @pytest.fixture(scope="module")
