@@ -125,7 +125,8 @@ def test_dataset_without_schedule_needs_iters(tmp_path: Path) -> None:
     from bench.registry import DATASETS
 
     list_datasets()
-    DATASETS.register("my_ir", replace(get_dataset_info("soda"), name="my_ir"))
+    DATASETS.register("my_ir", replace(get_dataset_info("soda"), name="my_ir",
+                                            protocol_defaults={}))
     try:
         text = VALID.replace("name: soda", "name: my_ir").replace(
             "  fine_tune: {iters: 10, warmup_iters: 2}\n", "")

@@ -145,7 +145,8 @@ def test_layerwise_best_layer_column() -> None:
     recs = [RunRecord.model_validate({
         **fixture_records()[0], "run_id": f"lw{seed}", "protocol": "layerwise_probe",
         "dataset": "ade20k", "seed": seed,
-        "per_layer": {str(i): {"mIoU": float(i == 7) * 30 + i + seed} for i in range(12)},
+        "extra": {"per_layer": {str(i): {"mIoU": float(i == 7) * 30 + i + seed}
+                            for i in range(12)}},
     }) for seed in (0, 1)]
     lb = build_leaderboard(recs)
     cell = lb.rows[0].cells["layerwise_probe:ade20k"]

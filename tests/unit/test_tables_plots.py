@@ -24,7 +24,7 @@ def test_layerwise_curves_one_png_per_dataset(tmp_path: Path) -> None:
     base = fixture_records()[0]
     recs = [RunRecord.model_validate({
         **base, "run_id": f"{name}{ds}", "protocol": "layerwise_probe", "dataset": ds,
-        "model_name": name, "per_layer": {str(i): {"mIoU": i * k} for i in range(12)},
+        "model_name": name, "extra": {"per_layer": {str(i): {"mIoU": i * k} for i in range(12)}},
     }) for name, k in (("mae", 1.0), ("unip", 2.0)) for ds in ("ade20k", "nyuv2_depth")]
     written = plot_layerwise(recs, tmp_path)
     assert [p.name for p in written] == ["layerwise_ade20k.png", "layerwise_nyuv2_depth.png"]
