@@ -113,7 +113,18 @@ def test_mixed_versions_refused_unless_allowed(store: Path) -> None:
     with pytest.raises(MixedVersionsError, match="protocol versions 1.0, 2.0"):
         select_records(read_records(store), suite="fixture")
     recs = select_records(read_records(store), suite="fixture", allow_mixed_versions=True)
-    assert "protocol version 1.0, 2.0" in render(build_leaderboard(recs), "md")
+    assert "protocol versions: FT 1.0, 2.0; LP 1.0" in render(build_leaderboard(recs), "md")
+
+
+def test_protocols_of_different_versions_share_a_table(store: Path) -> None:
+    """Versions are per protocol: LP at 2.0 beside FT at 1.0 is not a mix."""
+    recs = [RunRecord.model_validate({**r, "suite": "v", "protocol_version": "2.0"})
+            for r in fixture_records() if r["protocol"] == "linear_probe"]
+    recs += [RunRecord.model_validate({**r, "suite": "v"})
+             for r in fixture_records() if r["protocol"] == "fine_tune"]
+    chosen = select_records(recs, suite="v")
+    assert len(chosen) == len(recs)
+    assert "protocol versions: FT 1.0; LP 2.0" in build_leaderboard(chosen).notes
 
 
 def test_two_runs_of_one_seed_are_not_averaged_as_two_seeds(store: Path) -> None:

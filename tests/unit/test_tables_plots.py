@@ -27,6 +27,7 @@ def test_layerwise_curves_one_png_per_dataset(tmp_path: Path) -> None:
         "model_name": name, "extra": {"per_layer": {str(i): {"mIoU": i * k} for i in range(12)}},
     }) for name, k in (("mae", 1.0), ("unip", 2.0)) for ds in ("ade20k", "nyuv2_depth")]
     written = plot_layerwise(recs, tmp_path)
-    assert [p.name for p in written] == ["layerwise_ade20k.png", "layerwise_nyuv2_depth.png"]
+    assert [p.name for p in written] == ["layerwise_probe_ade20k.png",
+                                        "layerwise_probe_nyuv2_depth.png"]
     assert all(p.read_bytes()[:8] == PNG for p in written)
-    assert plot_miou_vs_flops(recs, tmp_path / "none") == []  # no FT/LP results
+    assert plot_miou_vs_flops(recs, tmp_path / "none") == []  # curves instead
