@@ -257,7 +257,9 @@ def protocol_flops(
     from its metadata); its values do not change a count.
     """
     from bench.adapter import downstream_options, load_backbone
+    from bench.protocols.registry import get_protocol
 
+    protocol = get_protocol(protocol).name  # an unknown name fails before any loading
     hw = [settings.crop_size, settings.crop_size]
     opts = downstream_options(adapter, options)
     backbone = load_backbone(adapter, size, checkpoint, img_size=hw, **opts)
