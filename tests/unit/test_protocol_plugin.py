@@ -261,3 +261,42 @@ def test_a_protocol_without_evaluated_model_cannot_be_counted(soda) -> None:
             protocol_flops("mean_colour", s, "mae", "tiny", 21, {"depth": 1})
     finally:
         PROTOCOLS.unregister("mean_colour")
+
+
+def test_the_training_loop_keeps_the_best_evaluation_in_the_metrics_direction() -> None:
+    from types import SimpleNamespace
+
+    from bench.protocols.engine import Trainer
+
+    evaluations = iter([[{"error": 9.0}], [{"error": 4.0}], [{"error": 6.0}]])
+    logged: list[dict] = []
+    trainer = Trainer.__new__(Trainer)  # only what an evaluation touches
+    trainer.evaluate = lambda: next(evaluations)
+    trainer.acc = SimpleNamespace(log=lambda values, step: logged.append(values))
+    trainer.primary = ERROR
+    best: list = [None]
+    history: list[dict] = []
+    for it in (10, 20, 30):
+        trainer._eval(it, best, history)
+    assert best == [{"iteration": 20, "error": 4.0}]
+    assert [h["error"] for h in history] == [[9.0], [4.0], [6.0]]
+    assert logged[0] == {"eval/error": 9.0}
+
+
+def test_defaults_come_from_the_catalogue_and_the_adapters_declaration() -> None:
+    from bench.adapter import adapter_protocol_defaults, get_adapter
+    from bench.data import get_dataset_info
+
+    nyu = get_dataset_info("nyuv2_depth")
+    assert nyu.protocol_defaults_for("layerwise_probe") == {
+        "warmup_iters": 1000, "iters": 9800, "eval_interval": 700, "crop_size": 480,
+        "scale": (2048, 480), "slide_crop": 480, "slide_stride": 341}
+    assert (nyu.crop_size, nyu.scale) == (480, (2048, 480))  # one source in the catalogue
+    assert get_adapter("unip").protocol_defaults["fine_tune"] == {
+        "layer_decay": 0.85, "neck": "llfpn", "rel_pos_bias": False}
+    assert adapter_protocol_defaults("unip", "linear_probe", "S") == {}
+    assert adapter_protocol_defaults("mae", "fine_tune", "L") == {
+        "layers": [7, 11, 15, 23], "drop_path": 0.2}
+    # The user's overrides win over the adapter's declaration.
+    s = resolve_settings("fine_tune", "soda", "unip", "S", {"neck": "multilevel"})
+    assert (s.layer_decay, s.neck, s.rel_pos_bias) == (0.85, "multilevel", False)
