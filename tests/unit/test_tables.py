@@ -163,3 +163,16 @@ def test_layerwise_best_layer_column() -> None:
     cell = lb.rows[0].cells["layerwise_probe:ade20k"]
     assert cell.mean == pytest.approx(37.5) and cell.note == "L8"
     assert "37.5 ± 0.7 (L8)" in render(lb, "md")
+
+
+def test_records_of_an_older_store_schema_show_in_tables() -> None:
+    """The golden schema-1 store (written before records kept protocol fields under
+    ``extra``) still makes a leaderboard: FT, LP and the layer-wise best block."""
+    store = GOLDEN / "store" / "schema1-tiny.jsonl"
+    board = build_leaderboard(select_records(read_records(store), suite="tiny"))
+    assert [c.title for c in board.columns] == [
+        "FT soda", "LP soda", "LW best soda", "GFLOPs", "Params (M)"]
+    (row,) = board.rows
+    assert row.label == "mae-T †" and row.cells["layerwise_probe:soda"].note.startswith("L")
+    assert row.cells["linear_probe:soda"].mean is not None
+    assert "protocol version 2.0" in render(board, "md")
