@@ -160,6 +160,11 @@ ADAPTER = UnipAdapter(
     ),
     extra_options=("last_heads", "head_split"),
     downstream_options={"head_split": "uniform"},
+    # The release fine-tunes students with layer decay 0.85, the LL-FPN neck and no
+    # relative position bias (its train_scripts pass use_rel_pos_bias=False).
+    protocol_defaults={
+        "fine_tune": {"layer_decay": 0.85, "neck": "llfpn", "rel_pos_bias": False},
+    },
     published_sizes=("tiny", "small", "base"),
     # Students are distilled on infrared-normalised images (InfMix), not ImageNet ones.
     mean=INFRARED_MEAN,

@@ -166,6 +166,9 @@ class Adapter:
     # method's backbone with, under the user's own: how the method's released downstream
     # code builds it when that differs from the pre-training model (UNIP's head split).
     downstream_options: dict[str, Any] = field(default_factory=dict)
+    # Protocol settings this method is evaluated with, per protocol name, applied over the
+    # dataset's defaults and under the user's (UNIP: the release's fine-tuning choices).
+    protocol_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     # -- architecture ------------------------------------------------------------------
     def build_vit(
@@ -247,6 +250,23 @@ def get_adapter(name: str) -> Adapter:
 
 def list_adapters() -> list[str]:
     return ADAPTERS.names()
+
+
+# Per ViT size, per protocol: ViT-L reads deeper blocks and uses more stochastic depth.
+SIZE_PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "large": {
+        "fine_tune": {"layers": [7, 11, 15, 23], "drop_path": 0.2},
+        "linear_probe": {"layers": [7, 11, 15, 23]},
+    },
+}
+
+
+def adapter_protocol_defaults(adapter_name: str, protocol: str, size: str) -> dict[str, Any]:
+    """Settings ``protocol`` gets for ``adapter_name``'s ViT of ``size``: the size's
+    defaults, overridden by the adapter's declared ``protocol_defaults``."""
+    out = dict(SIZE_PROTOCOL_DEFAULTS.get(canonical_size(size), {}).get(protocol, {}))
+    out.update(get_adapter(adapter_name).protocol_defaults.get(protocol, {}))
+    return out
 
 
 def downstream_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -166,40 +166,46 @@ def model_flops(
     num_classes: int | None = None,
     options: dict | None = None,
     decode_head: bool = True,
+    protocol: str | None = None,
 ) -> FlopsReport:
     """Cost of ``adapter``'s ViT of ``size`` at ``img_size``, alone and with its decode path.
 
-    The total is backbone + neck + decode head of the adapter's fine-tuning model (the
-    protocol defaults: the multi-level neck, or LL-FPN for UNIP, and UPerNet, reading the
-    size's blocks); ``neck``/``head`` replace those defaults. The auxiliary head is
-    training-only and left out, as in the paper. ``decode_head=False`` counts the backbone
-    alone (total = backbone). Either way the backbone is the fine-tuning one, with the
-    adapter's default LayerScale and relative position bias (their parameters count; their
-    elementwise work does not). Weights do not change a count, so no checkpoint is read.
+    The total is the model ``protocol`` evaluates (default: the first declared protocol,
+    the paper's fine-tuning: backbone + neck + decode head, with the adapter's defaults,
+    e.g. LL-FPN for UNIP, reading the size's blocks); ``neck``/``head`` replace the
+    protocol's settings of those names. Training-only parts (the auxiliary head) are left
+    out, as in the paper. ``decode_head=False`` counts the backbone alone (total =
+    backbone). Either way the backbone is the one the protocol evaluates (fine-tuning:
+    with the adapter's default LayerScale and relative position bias; their parameters
+    count, their elementwise work does not). Weights do not change a count, so no
+    checkpoint is read.
     """
     from bench.adapter import downstream_options, load_backbone
     from bench.protocols.config import resolve_settings
-    from bench.protocols.finetune import finetune_backbone
+    from bench.protocols.registry import get_protocol, ordered_protocols
 
+    declared = get_protocol(protocol) if protocol else ordered_protocols()[0]
     hw = [img_size, img_size] if isinstance(img_size, int) else [int(s) for s in img_size]
     backbone = load_backbone(adapter, size, None, img_size=hw,
                              **downstream_options(adapter, options))
     overrides: dict[str, Any] = {"crop_size": max(hw)}
-    if neck is not None:
-        overrides["neck"] = neck
-    if head is not None:
-        overrides["head"] = head
-    # The dataset only sets the schedule, which does not enter a count.
-    settings = resolve_settings("fine_tune", "soda", adapter, size, overrides)
-    finetune_backbone(backbone, settings)
+    for key, value in (("neck", neck), ("head", head)):
+        if value is not None:
+            if key not in declared.settings.model_fields:
+                raise ValueError(f"protocol {declared.name} has no {key} setting; drop --{key}")
+            overrides[key] = value
+    # The schedule does not enter a count: give one, so that any dataset name would do.
+    fields = declared.settings.model_fields
+    overrides.update({k: v for k, v in (("iters", 1), ("warmup_iters", 0)) if k in fields})
+    settings = resolve_settings(declared.name, "", adapter, size, overrides)
+    num_classes = num_classes or DEFAULT_NUM_CLASSES
+    path = _evaluated_model(declared.name, settings, backbone, num_classes)
     bb, bb_params = backbone_flops(backbone, hw)
     total, total_params = bb, bb_params
     if decode_head:
-        neck, head = settings.neck, settings.head
-        num_classes = num_classes or DEFAULT_NUM_CLASSES
-        path = _evaluated_model("fine_tune", settings, backbone, num_classes)
         total = count_macs(path, (torch.zeros(1, 3, *hw),))
         total_params = count_params(path)
+        neck, head = getattr(settings, "neck", None), getattr(settings, "head", None)
     else:
         neck = head = num_classes = None
     return FlopsReport(
@@ -218,22 +224,19 @@ def model_flops(
 
 
 def _evaluated_model(protocol: str, settings: Any, backbone: nn.Module, num_classes: int):
-    """The module whose forward a run evaluates, minus training-only parts (aux head)."""
-    from bench.models.probe import build_probe
+    """The module whose forward a run of ``protocol`` evaluates, minus training-only parts,
+    as the protocol declares it (``evaluated_model``). It may change ``backbone`` in place
+    (fine-tuning adds LayerScale), so the backbone is counted after it is built."""
+    from bench.protocols.registry import get_protocol
 
-    if protocol == "fine_tune":
-        from bench.protocols.finetune import build_model
-
-        return build_model(backbone, num_classes, settings.model_copy(update={"aux_head": None}))
-    if protocol == "linear_probe":  # one head on the concatenated blocks
-        layers = list(settings.layers)
-        inputs = [list(range(len(layers)))]
-    else:  # layer-wise: one head per block
-        from bench.protocols.layerwise import probed_layers
-
-        layers = probed_layers(settings, backbone.depth)
-        inputs = [[k] for k in range(len(layers))]
-    return build_probe(backbone, layers, inputs, num_classes, head=settings.head)
+    declared = get_protocol(protocol)
+    build = declared.model_fn()
+    if build is None:
+        raise ValueError(
+            f"protocol {declared.name!r} declares no evaluated_model, so its FLOPs cannot "
+            "be counted; declare one (settings, backbone, num_classes -> module)"
+        )
+    return build(settings, backbone, num_classes)
 
 
 def protocol_flops(
@@ -247,21 +250,21 @@ def protocol_flops(
 ) -> FlopsReport:
     """Cost of the model a protocol run evaluates, at the settings' crop size.
 
-    Fine-tuning: backbone (with the settings' LayerScale and relative position bias) +
-    neck + decode head (no auxiliary head). Probes: backbone + their 1x1 heads. The
-    checkpoint is loaded because it can fix the geometry (a UNIP student's depth and
-    last-block heads come from its metadata); its values do not change a count.
+    The model is the protocol's declared ``evaluated_model`` (fine-tuning: backbone with
+    the settings' LayerScale and relative position bias + neck + decode head, no
+    auxiliary head; probes: backbone + their 1x1 heads). The checkpoint is loaded
+    because it can fix the geometry (a UNIP student's depth and last-block heads come
+    from its metadata); its values do not change a count.
     """
     from bench.adapter import downstream_options, load_backbone
-    from bench.protocols.finetune import finetune_backbone
+    from bench.protocols.registry import get_protocol
 
+    protocol = get_protocol(protocol).name  # an unknown name fails before any loading
     hw = [settings.crop_size, settings.crop_size]
     opts = downstream_options(adapter, options)
     backbone = load_backbone(adapter, size, checkpoint, img_size=hw, **opts)
-    if protocol == "fine_tune":
-        finetune_backbone(backbone, settings)
-    bb, bb_params = backbone_flops(backbone, hw)
     model = _evaluated_model(protocol, settings, backbone, num_classes)
+    bb, bb_params = backbone_flops(backbone, hw)
     total = count_macs(model, (torch.zeros(1, 3, *hw),))
     return FlopsReport(
         backbone_gmacs=_g(bb.total),

@@ -3,7 +3,7 @@
 A run's id hashes what determines its result: adapter, size, options, the checkpoint's
 sha256 (not its path), dataset name, layout and content (a fingerprint per split, see
 :func:`bench.data.dataset_fingerprint`), protocol, fully resolved settings, seed and
-protocol version. Paths, labels and the suite's name are kept with the run but are not
+the protocol's own version. Paths, labels and the suite's name are kept with the run but are not
 part of the id, so moving a file or renaming a row does not redo work, while any change
 of weights, data or hyperparameters does.
 """
@@ -119,7 +119,8 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
     only for deciding which datasets to generate, never for ids that are stored.
     """
     from bench.identity import IDENTITY_SCHEME, data_content, run_splits
-    from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS, PROTOCOL_VERSION
+    from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS
+    from bench.protocols.registry import get_protocol
     from bench.suite_checks import resolved_settings
 
     cache = digests or DigestCache(None)
@@ -133,6 +134,8 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
             synthetic = d.synthetic.model_dump() if d.synthetic else None
             root = Path(d.root).expanduser().resolve()
             for protocol in spec.protocols:
+                # The protocol's own version: bumping it reruns its runs and no others.
+                version = get_protocol(protocol).version
                 settings = resolved_settings(suite, mi, di, protocol).model_dump(mode="json")
                 splits = tuple(run_splits(settings, d.name))
                 if (di, splits) not in contents:  # one fingerprint per dataset and splits
@@ -143,7 +146,7 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
                     identity = {
                         "scheme": IDENTITY_SCHEME,
                         "protocol": protocol,
-                        "protocol_version": PROTOCOL_VERSION,
+                        "protocol_version": version,
                         "model": {
                             "adapter": m.adapter,
                             "size": size,
@@ -161,7 +164,7 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
                         run_id=run_id_of(identity),
                         suite=spec.suite,
                         protocol=protocol,
-                        protocol_version=PROTOCOL_VERSION,
+                        protocol_version=version,
                         model_name=m.label,
                         adapter=m.adapter,
                         size=size,

@@ -1,5 +1,8 @@
-"""Figures from store records: average mIoU vs GFLOPs (as the paper's Figure 2) and
-layer-wise probing curves, written as PNG with matplotlib's Agg backend."""
+"""Figures from store records, written as PNG with matplotlib's Agg backend: for each
+protocol with a primary metric and FLOPs, its average metric vs GFLOPs (as the paper's
+Figure 2); for each ``per_layer`` protocol, its metric per block, a figure per dataset.
+Titles and metrics come from the protocols' declarations (:mod:`bench.protocols.registry`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ from pathlib import Path
 
 from bench.adapter import SIZE_LETTER
 from bench.store import RunRecord
-from bench.tables import PROTOCOL_SHORT, SIZE_ORDER, layer_curve
-
-TITLES = {"fine_tune": "Fine-tuning", "linear_probe": "Linear probing"}
+from bench.tables import SIZE_ORDER, ProtocolView, layer_curve, protocol_views
 
 
 def _pyplot():
@@ -35,16 +36,18 @@ def _finish(fig, ax, path: Path) -> Path:
     return path
 
 
-def _average_points(records: Sequence[RunRecord], protocol: str) -> dict[str, list[tuple]]:
-    """method -> [(gflops, avg mIoU, size)] over sizes, for rows with every dataset."""
-    recs = [r for r in records if r.protocol == protocol and r.metrics and r.flops]
+def _average_points(records: Sequence[RunRecord], view: ProtocolView) -> dict[str, list[tuple]]:
+    """method -> [(gflops, average metric, size)] over sizes, for rows with every dataset."""
+    key = view.metric.key
+    recs = [r for r in records if r.protocol == view.name and r.flops
+            and (r.metrics or {}).get(key) is not None]
     datasets = {r.dataset for r in recs}
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     gflops: dict[tuple[str, str], float] = {}
     for r in recs:
-        key = (r.model_name, r.size)
-        cells.setdefault(key, {}).setdefault(r.dataset, []).append(float(r.metrics["mIoU"]))
-        gflops[key] = r.flops.total_gmacs  # type: ignore[union-attr]
+        row = (r.model_name, r.size)
+        cells.setdefault(row, {}).setdefault(r.dataset, []).append(float(r.metrics[key]))
+        gflops[row] = r.flops.total_gmacs  # type: ignore[union-attr]
     series: dict[str, list[tuple]] = {}
     for (method, size), per_ds in cells.items():
         if set(per_ds) != datasets:
@@ -57,14 +60,18 @@ def _average_points(records: Sequence[RunRecord], protocol: str) -> dict[str, li
 
 
 def plot_miou_vs_flops(records: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
-    """One PNG per protocol (FT, LP): a series per method, its sizes as points, log x."""
+    """One PNG per protocol whose records have its primary metric and FLOPs (per_layer
+    protocols have their curves instead): a series per method, its sizes as points, log x.
+    """
     plt = _pyplot()
     written = []
-    for protocol in ("fine_tune", "linear_probe"):
-        series = _average_points(records, protocol)
+    for view in protocol_views(records):
+        if view.per_layer:
+            continue
+        series = _average_points(records, view)
         if not series:
             continue
-        n_data = len({r.dataset for r in records if r.protocol == protocol})
+        n_data = len({r.dataset for r in records if r.protocol == view.name})
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
         random_init = {r.model_name for r in records if r.random_init}
         for method, pts in sorted(series.items()):
@@ -76,25 +83,38 @@ def plot_miou_vs_flops(records: Sequence[RunRecord], out_dir: str | Path) -> lis
                             xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("GFLOPs (multiply-adds, backbone + decode head)")
-        ax.set_ylabel(f"mIoU (%), average over {n_data} dataset(s)")
-        ax.set_title(f"{TITLES[protocol]}: mIoU vs cost")
-        name = f"miou_vs_gflops_{PROTOCOL_SHORT[protocol].lower()}.png"
+        ax.set_ylabel(f"{view.metric.label}, average over {n_data} dataset(s)")
+        ax.set_title(f"{view.title}: {view.metric.key} vs cost")
+        name = f"{_file_part(view.metric.key)}_vs_gflops_{_file_part(view.short)}.png"
         written.append(_finish(fig, ax, Path(out_dir) / name))
     return written
 
 
+def _file_part(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower())
+
+
 def plot_layerwise(records: Sequence[RunRecord], out_dir: str | Path) -> list[Path]:
-    """One PNG per dataset: mIoU of every probed block, a curve per method-size."""
+    """For each per_layer protocol, one PNG per dataset: its metric at every probed
+    block, a curve per method-size (``<protocol>_<dataset>.png``)."""
+    written = []
+    for view in protocol_views(records):
+        if view.per_layer:
+            recs = [r for r in records if r.protocol == view.name and r.per_layer]
+            written += _layer_curves(recs, view, Path(out_dir))
+    return written
+
+
+def _layer_curves(recs: list[RunRecord], view: ProtocolView, out_dir: Path) -> list[Path]:
     plt = _pyplot()
     written = []
-    recs = [r for r in records if r.protocol == "layerwise_probe" and r.per_layer]
     for dataset in sorted({r.dataset for r in recs}):
         curves: dict[str, dict[int, list[float]]] = {}
         for r in recs:
             if r.dataset != dataset:
                 continue
             label = f"{r.model_name}-{SIZE_LETTER.get(r.size, r.size)}"
-            for layer, v in layer_curve(r.per_layer):
+            for layer, v in layer_curve(r.per_layer, view.metric.key):
                 curves.setdefault(label, {}).setdefault(layer, []).append(v)
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
         for label, points in sorted(curves.items()):
@@ -102,7 +122,8 @@ def plot_layerwise(records: Sequence[RunRecord], out_dir: str | Path) -> list[Pa
             ax.plot([i + 1 for i in layers], [statistics.fmean(points[i]) for i in layers],
                     marker=".", label=label)
         ax.set_xlabel("block (1-based)")
-        ax.set_ylabel("mIoU (%)")
-        ax.set_title(f"Layer-wise linear probing: {dataset}")
-        written.append(_finish(fig, ax, Path(out_dir) / f"layerwise_{dataset}.png"))
+        ax.set_ylabel(view.metric.label)
+        ax.set_title(f"{view.title}: {dataset}")
+        name = f"{_file_part(view.name)}_{_file_part(dataset)}.png"
+        written.append(_finish(fig, ax, out_dir / name))
     return written

@@ -149,9 +149,9 @@ def _flops(run: Run, settings: Any, num_classes: int) -> dict:
 def _cached_flops(protocol: str, settings_json: str, adapter: str, size: str,
                   num_classes: int, options: tuple, checkpoint: str | None) -> Any:
     from bench.flops import protocol_flops
-    from bench.protocols.config import SETTINGS_CLASSES
+    from bench.protocols.registry import get_protocol
 
-    settings = SETTINGS_CLASSES[protocol].model_validate_json(settings_json)
+    settings = get_protocol(protocol).settings.model_validate_json(settings_json)
     return protocol_flops(protocol, settings, adapter, size, num_classes, dict(options),
                           checkpoint=checkpoint)
 
@@ -189,7 +189,8 @@ def execute_run(
 ) -> dict[str, Any]:
     """Run one protocol, count its FLOPs and append its record (done or failed).
 
-    Returns a short outcome (run id, status, mIoU, error, seconds) for progress lines.
+    Returns a short outcome (run id, status, primary metric and its value, error,
+    seconds) for progress lines.
     Status ``busy`` when another process holds the run (two ``unipbench run`` of one
     suite must not train, or resume from, the same folder at once), with ``holder``
     saying which process when it is known; ``done`` with ``elsewhere`` set when another
@@ -210,7 +211,7 @@ def execute_run(
     try:
         lock.acquire()
     except Timeout:
-        return {"run_id": run.run_id, "status": "busy", "mIoU": None, "seconds": 0.0,
+        return {"run_id": run.run_id, "status": "busy", "score": None, "seconds": 0.0,
                 "holder": _holder(holder_file),
                 "error": "another process is running it; this one left it alone"}
     try:
@@ -246,7 +247,15 @@ def _holder(path: Path) -> str | None:
 
 def _elsewhere(run: Run, rec: RunRecord) -> dict[str, Any]:
     return {"run_id": run.run_id, "status": "done", "elsewhere": True, "seconds": None,
-            "mIoU": (rec.metrics or {}).get("mIoU"), "error": None}
+            **_score(run.protocol, rec.metrics), "error": None}
+
+
+def _score(protocol: str, metrics: dict | None) -> dict[str, Any]:
+    """``metric`` (its label) and ``score`` (its value or None) of a run's primary metric."""
+    from bench.protocols.registry import primary_score
+
+    metric, value = primary_score(protocol, metrics)
+    return {"metric": metric.key, "score": value}
 
 
 def _check_same_inputs(run: Run, result: dict, run_dir: Path) -> None:
@@ -304,8 +313,7 @@ def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -
             metrics=result.get("metrics"),
             best=result.get("best"),
             last=result.get("last"),
-            per_layer=result.get("per_layer"),
-            mode=result.get("mode"),
+            extra=protocol_fields(result),
             inference=result.get("inference"),
             iterations=result.get("iterations"),
             flops=flops,
@@ -325,10 +333,25 @@ def _execute(run: Run, store: str | Path, workdir: str | Path, progress: bool) -
     written = True
     if int(os.environ.get("RANK", "0")) == 0:
         written = append_record(store, rec)
-    miou = (rec.get("metrics") or {}).get("mIoU")
-    return {"run_id": run.run_id, "status": rec["status"], "mIoU": miou,
+    return {"run_id": run.run_id, "status": rec["status"],
+            **_score(run.protocol, rec.get("metrics")),
             "error": rec.get("error"), "seconds": round(time.perf_counter() - t0, 1),
             "elsewhere": not written}
+
+
+# What a result holds besides the protocol's own fields: the runner's bookkeeping, the
+# training loop's common fields, and what the record stores under its own names.
+COMMON_RESULT_FIELDS = frozenset({
+    "protocol", "protocol_version", "settings", "backbone", "model", "dataset", "seed",
+    "inference", "device", "wall_time_s", "identity", "fingerprint", "metrics", "best",
+    "last", "history", "train_loss", "iterations", "resumed_from", "train_time_s",
+})
+
+
+def protocol_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """The fields a protocol adds to its result (``mode``, ``per_layer``, ``lr_sweep``, a
+    plug-in's own): kept in the record's ``extra`` without the store knowing them."""
+    return {k: v for k, v in result.items() if k not in COMMON_RESULT_FIELDS}
 
 
 def failed_outcome(run: Run, store: str | Path, error: str) -> dict[str, Any]:
@@ -336,7 +359,7 @@ def failed_outcome(run: Run, store: str | Path, error: str) -> dict[str, Any]:
     rec = _base_record(run)
     rec.update(status="failed", error=error)
     append_record(store, rec)
-    return {"run_id": run.run_id, "status": "failed", "mIoU": None, "error": error,
+    return {"run_id": run.run_id, "status": "failed", "score": None, "error": error,
             "seconds": None}
 
 
@@ -368,9 +391,10 @@ class SuiteOutcome:
 def outcome_line(run: Run, outcome: dict, index: int, total: int) -> str:
     head = f"[{index}/{total}] {outcome['status']:<6} {run.label}  ({run.run_id})"
     if outcome["status"] == "done":
-        miou = outcome.get("mIoU")
+        score = outcome.get("score")
         secs = outcome.get("seconds")
-        return head + (f"  mIoU {miou:.2f}" if miou is not None else "") + (
+        metric = outcome.get("metric") or "score"
+        return head + (f"  {metric} {score:.2f}" if score is not None else "") + (
             f"  {secs:.0f} s" if secs is not None else ""
         ) + ("  (recorded by another process)" if outcome.get("elsewhere") else "")
     if outcome["status"] == "busy":
@@ -392,10 +416,11 @@ def select_runs(
 def reuse_line(run: Run, rec: RunRecord, commit: str | None) -> str:
     """One line for a result taken from the store: which, and what it was matched on."""
     from bench.identity import matched_on
+    from bench.protocols.registry import primary_score
 
-    miou = (rec.metrics or {}).get("mIoU")
+    metric, score = primary_score(run.protocol, rec.metrics)
     line = (f"  reusing {run.label} ({run.run_id}): done {rec.timestamp}"
-            + (f", mIoU {miou:.2f}" if miou is not None else "")
+            + (f", {metric.key} {score:.2f}" if score is not None else "")
             + f"; matched on {matched_on(run.identity)}")
     if commit and rec.git.commit and rec.git.commit != commit:
         line += f"; made at commit {rec.git.commit[:10]} (now {commit[:10]})"

@@ -1,5 +1,10 @@
 """The results store: an append-only JSONL file, one declared, versioned record per run.
 
+A record's fields are those every run has; what a protocol adds to its result
+(``per_layer``, ``lr_sweep``, a plug-in's own fields) is kept under ``extra`` without the
+store knowing it. Records of an older schema are upgraded when read (:data:`UPGRADES`),
+so a schema change never hides the results already stored.
+
 Writers take a file lock and append each record with a single ``write`` + flush + fsync,
 so concurrent runs never interleave or lose a record; under the same lock a second
 ``done`` record of a run id is refused, so a run is recorded done once whoever finishes
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.jsonsafe import json_safe
 
-STORE_SCHEMA_VERSION = 1
+# 2: protocol-specific result fields (per_layer, mode, ...) moved under ``extra``.
+STORE_SCHEMA_VERSION = 2
 DEFAULT_STORE = Path("results/store/results.jsonl")
 # Long enough for a slow network file system, short enough to notice a stale lock.
 LOCK_TIMEOUT_S = 120
@@ -82,8 +88,8 @@ class RunRecord(BaseModel):
     metrics: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
     last: dict[str, Any] | None = None
-    per_layer: Any = None
-    mode: str | None = None
+    # The protocol's own result fields (e.g. per_layer, mode, lr_sweep), as it returned them.
+    extra: dict[str, Any] = Field(default_factory=dict)
     inference: dict[str, Any] | None = None
     iterations: int | None = None
     flops: FlopsInfo | None = None
@@ -98,6 +104,49 @@ class RunRecord(BaseModel):
     timestamp: str = Field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+
+    @property
+    def per_layer(self) -> Any:
+        """Metrics per probed block of a ``per_layer`` protocol (None for others)."""
+        return self.extra.get("per_layer")
+
+    @property
+    def mode(self) -> str | None:
+        return self.extra.get("mode")
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 kept ``per_layer`` and ``mode`` at the top level, and nothing else a
+    protocol returned: they move under ``extra``."""
+    out = dict(data)
+    extra = dict(out.pop("extra", None) or {})
+    for key in ("per_layer", "mode"):
+        value = out.pop(key, None)
+        if value is not None:
+            extra[key] = value
+    out["extra"] = extra
+    out["schema_version"] = 2
+    return out
+
+
+# schema version -> function turning a record of that version into the next one.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def upgrade_record(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` in the current schema, upgraded step by step from an older one; a
+    ValueError for a schema this version cannot read (a newer one, or no version)."""
+    version = data.get("schema_version")
+    while version != STORE_SCHEMA_VERSION:
+        step = UPGRADES.get(version) if isinstance(version, int) else None
+        if step is None:
+            raise ValueError(
+                f"a record of store schema {version!r} (this version reads "
+                f"{', '.join(map(str, sorted(UPGRADES)))} and {STORE_SCHEMA_VERSION})"
+            )
+        data = step(data)
+        version = data.get("schema_version")
+    return data
 
 
 def append_record(path: str | Path, record: RunRecord | dict) -> bool:
@@ -146,11 +195,10 @@ def done_record(path: str | Path, run_id: str) -> RunRecord | None:
             if needle not in raw:
                 continue
             try:
-                rec = RunRecord.model_validate_json(raw)
-            except ValidationError:  # torn, garbled or foreign: readers skip it too
-                continue
-            if (rec.run_id == run_id and rec.status == "done"
-                    and rec.schema_version == STORE_SCHEMA_VERSION):
+                rec = RunRecord.model_validate(upgrade_record(json.loads(raw)))
+            except (ValueError, TypeError, AttributeError):
+                continue  # torn, garbled or foreign: readers skip it too
+            if rec.run_id == run_id and rec.status == "done":
                 return rec
     return None
 
@@ -184,14 +232,10 @@ def iter_records(path: str | Path) -> Iterator[RunRecord]:
                 warnings.warn(f"{path}:{lineno}: skipping a non-object line", StoreWarning,
                               stacklevel=2)
                 continue
-            version = data.get("schema_version")
-            if version != STORE_SCHEMA_VERSION:
-                warnings.warn(
-                    f"{path}:{lineno}: skipping a record of store schema {version!r} "
-                    f"(this version reads {STORE_SCHEMA_VERSION})",
-                    StoreWarning,
-                    stacklevel=2,
-                )
+            try:
+                data = upgrade_record(data)
+            except ValueError as exc:
+                warnings.warn(f"{path}:{lineno}: skipping {exc}", StoreWarning, stacklevel=2)
                 continue
             try:
                 yield RunRecord.model_validate(data)

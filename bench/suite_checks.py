@@ -23,21 +23,26 @@ def _known_datasets() -> list[str]:
 
 
 def _check_protocol_name(suite: Suite, key_path: tuple, name: str) -> SuiteProblem | None:
-    from bench.protocols.config import PROTOCOL_ALIASES, SETTINGS_CLASSES
+    """None for a registered protocol's name; a problem for an alias (suites and run ids
+    use the one name) or an unknown name."""
+    from bench.protocols.registry import UnknownProtocol, get_protocol, protocol_names
 
-    if name in SETTINGS_CLASSES:
-        return None
-    if name in PROTOCOL_ALIASES:
-        return suite.problem(key_path, f"write the protocol as {PROTOCOL_ALIASES[name]!r}")
-    return suite.problem(key_path, unknown_name_message("protocol", name, list(SETTINGS_CLASSES)))
+    try:
+        canonical = get_protocol(str(name)).name
+    except UnknownProtocol:
+        known = protocol_names()
+        return suite.problem(key_path, unknown_name_message("protocol", name, known))
+    if canonical != name:
+        return suite.problem(key_path, f"write the protocol as {canonical!r}")
+    return None
 
 
 def _check_setting_keys(
     suite: Suite, protocol: str, values: dict[str, Any], base: tuple
 ) -> list[SuiteProblem]:
-    from bench.protocols.config import SETTINGS_CLASSES
+    from bench.protocols.registry import get_protocol
 
-    fields = sorted(SETTINGS_CLASSES[protocol].model_fields)
+    fields = sorted(get_protocol(protocol).settings.model_fields)
     return [
         suite.problem(
             base + (key,),
@@ -115,8 +120,8 @@ def _block_problems(
     suite: Suite, mi: int, protocol: str, layers: list[tuple[tuple, dict]], settings: Any
 ) -> list[SuiteProblem]:
     """Blocks read (``layers``) that the model does not have: every run would fail."""
-    blocks = settings.layers
-    if blocks == "all" or (protocol == "fine_tune" and settings.neck != "multilevel"):
+    blocks = getattr(settings, "layers", "all")
+    if blocks == "all" or getattr(settings, "neck", "multilevel") != "multilevel":
         return []  # LL-FPN and plug-in necks choose their own blocks
     depth = _model_depth(suite, mi)
     bad = [i for i in blocks if depth is not None and not -depth <= i < depth]
@@ -140,20 +145,13 @@ def _block_problems(
 def check_semantics(suite: Suite) -> list[SuiteProblem]:
     """Names (adapters, sizes, datasets, protocols), setting keys and values, duplicates."""
     from bench.adapter import AdapterError, canonical_size, list_adapters
-    from bench.protocols.config import PROTOCOL_VERSION
 
     spec = suite.spec
-    problems: list[SuiteProblem] = []
-    if spec.protocol_version != PROTOCOL_VERSION:
-        problems.append(suite.problem(
-            ("protocol_version",),
-            f"the suite was written for protocol version {spec.protocol_version!r}, this "
-            f"unip-bench implements {PROTOCOL_VERSION!r}; check what changed and update it",
-        ))
     protocols = list(spec.protocols)
-    problems += _check_overrides(
+    problems: list[SuiteProblem] = _check_overrides(
         suite, ("protocols",), {p: suite.protocol_settings(p) for p in protocols}
     )
+    problems += _version_problems(suite, protocols, names_ok=not problems)
 
     adapters = list_adapters()
     seen_models: dict[tuple, int] = {}
@@ -201,6 +199,47 @@ def check_semantics(suite: Suite) -> list[SuiteProblem]:
             for di in range(len(spec.datasets)):
                 problems += _settings_problems(suite, mi, di, p)
     return list(dict.fromkeys(problems))  # one combination's error often repeats
+
+
+def _version_problems(suite: Suite, protocols: list[str], names_ok: bool) -> list[SuiteProblem]:
+    """Each protocol's version as the suite states it (``protocol_versions``, else
+    ``protocol_version``) must be the one registered: a suite written for another version
+    asks for numbers this code does not compute."""
+    from bench.protocols.registry import find_protocol
+
+    spec = suite.spec
+    problems = [bad for p in spec.protocol_versions
+                if (bad := _check_protocol_name(suite, ("protocol_versions", p), p))]
+    if not names_ok or problems:
+        return problems  # unknown names are reported once, where the suite lists them
+    shared: list[str] = []  # protocols whose version protocol_version states, if wrong
+    for p in protocols:
+        declared = find_protocol(p)
+        assert declared is not None  # names were checked
+        stated = spec.protocol_versions.get(p, spec.protocol_version)
+        if stated is None:
+            problems.append(suite.problem(
+                ("protocols", p),
+                f"no version stated for protocol {p}; add protocol_version: "
+                f'"{declared.version}" (every protocol) or protocol_versions: '
+                f'{{{p}: "{declared.version}"}}',
+            ))
+        elif stated != declared.version and p in spec.protocol_versions:
+            problems.append(suite.problem(
+                ("protocol_versions", p),
+                f"the suite was written for {p} version {stated!r}, this unip-bench "
+                f"implements {declared.version!r}; check what changed and update it",
+            ))
+        elif stated != declared.version:
+            shared.append(f"{p} {declared.version!r}")
+    if shared:
+        problems.append(suite.problem(
+            ("protocol_version",),
+            f"the suite was written for protocol version {spec.protocol_version!r}, this "
+            f"unip-bench implements {', '.join(shared)}; check what changed and update it "
+            "(protocol_versions: {name: version} states one protocol's)",
+        ))
+    return problems
 
 
 def _check_overrides(suite: Suite, base: tuple, overrides: dict) -> list[SuiteProblem]:

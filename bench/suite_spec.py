@@ -134,7 +134,14 @@ class ExecutorSpec(_Spec):
 
 class SuiteSpec(_Spec):
     suite: str = Field(description="Suite name, stored with every result.")
-    protocol_version: str = Field(description="Protocol version the suite was written for.")
+    protocol_version: str | None = Field(
+        None, description="Version of every protocol the suite uses, as it was written for "
+        "(protocol_versions names one protocol's)."
+    )
+    protocol_versions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-protocol versions the suite was written for, over protocol_version.",
+    )
     description: str | None = None
     models: list[ModelSpec] = Field(min_length=1)
     datasets: list[DatasetSpec] = Field(min_length=1)

@@ -1,9 +1,12 @@
 """Leaderboard tables from store records: Markdown, LaTeX or CSV.
 
-Rows are method-size; columns the fine-tuning (FT) and linear-probing (LP) mIoU per
-dataset and their averages, layer-wise probing's best layer (LW) where present, the
-published averages with our difference, GFLOPs and parameters. Values are mean ± std over
-seeds; the best value of each mIoU column is marked. Tables read only the store.
+Rows are method-size; a column group per protocol in the records, in the protocols'
+declaration order (see :mod:`bench.protocols.registry`): its primary metric per dataset
+and the average, or the best block of a ``per_layer`` protocol, the published averages
+with our difference where the protocol names a ``reference_key``, then GFLOPs and
+parameters. Values are mean ± std over seeds; the best value of each metric column is
+marked, in the metric's direction. A protocol not registered here (a plug-in that is not
+installed) is shown under its name, never dropped. Tables read only the store.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Any
 import yaml
 
 from bench.adapter import SIZE_LETTER
+from bench.protocols.registry import MIOU, Metric, find_protocol, ordered_protocols
+from bench.protocols.registry import sort_protocol_names as _sort_protocols
 from bench.store import RunRecord, latest_by_run
 
-PROTOCOL_SHORT = {"fine_tune": "FT", "linear_probe": "LP", "layerwise_probe": "LW"}
-REFERENCE_KEYS = {"fine_tune": "fine_tuning", "linear_probe": "linear_probing"}
 SIZE_ORDER = {"tiny": 0, "small": 1, "base": 2, "large": 3}
 RANDOM_INIT_MARK = "†"
 DEFAULT_REFERENCE = Path("results/reference/paper-figure2.yaml")
@@ -57,7 +60,44 @@ class Cell:
 class Column:
     key: str
     title: str
-    kind: str  # "miou" (best marked), "ref", "diff", "gflops", "params"
+    kind: str  # "metric" (best marked), "ref", "diff", "gflops", "params"
+    metric: Metric | None = None  # of "metric", "ref" and "diff" columns
+
+
+@dataclass(frozen=True)
+class ProtocolView:
+    """How tables and plots show one protocol: from its declaration, or for a protocol
+    not registered here, from its name and what its records hold."""
+
+    name: str
+    short: str
+    title: str
+    metric: Metric
+    per_layer: bool = False
+    reference_key: str | None = None
+    registered: bool = True
+
+
+def protocol_view(name: str, records: Sequence[RunRecord] = ()) -> ProtocolView:
+    """The view of protocol ``name``; ``records`` (its own) decide an unregistered one's
+    metric: mIoU when they report it, else their first numeric metric."""
+    declared = find_protocol(name)
+    if declared is not None:
+        return ProtocolView(declared.name, declared.label, declared.title or declared.name,
+                            declared.primary, declared.per_layer, declared.reference_key)
+    metric = MIOU
+    keys = [k for r in records for k, v in (r.metrics or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if keys and MIOU.key not in keys:
+        metric = Metric(keys[0], keys[0])
+    return ProtocolView(name, name, name, metric, any(r.per_layer for r in records),
+                        registered=False)
+
+
+def protocol_views(records: Sequence[RunRecord]) -> list[ProtocolView]:
+    """A view per protocol in ``records``: declaration order, unregistered ones last."""
+    names = _sort_protocols(r.protocol for r in records)
+    return [protocol_view(n, [r for r in records if r.protocol == n]) for n in names]
 
 
 @dataclass
@@ -103,15 +143,15 @@ def _dataset_key(name: str) -> str:
     return dataset_key(name)
 
 
-def _miou(metrics: dict[str, Any] | None) -> float | None:
+def _value(metrics: dict[str, Any] | None, key: str = MIOU.key) -> float | None:
     if not metrics:
         return None
-    v = metrics.get("mIoU", metrics.get("miou"))
+    v = metrics.get(key, metrics.get("miou") if key == MIOU.key else None)
     return None if v is None else float(v)
 
 
-def layer_curve(per_layer: Any) -> list[tuple[int, float]]:
-    """(zero-based block, mIoU) pairs from a layer-wise result, in block order."""
+def layer_curve(per_layer: Any, key: str = MIOU.key) -> list[tuple[int, float]]:
+    """(zero-based block, metric ``key``) pairs from a per-layer result, in block order."""
     if not per_layer:
         return []
     items: Iterable[tuple[Any, Any]]
@@ -121,7 +161,7 @@ def layer_curve(per_layer: Any) -> list[tuple[int, float]]:
         items = ((e.get("layer", i), e) for i, e in enumerate(per_layer))
     out = []
     for layer, entry in items:
-        value = _miou(entry if isinstance(entry, dict) else {"mIoU": entry})
+        value = _value(entry if isinstance(entry, dict) else {key: entry}, key)
         if value is not None:
             out.append((int(layer), value))
     return sorted(out)
@@ -142,15 +182,26 @@ def select_records(
         and (suite is None or r.suite == suite)
         and (run_ids is None or r.run_id in run_ids)
     ]
-    versions = sorted({r.protocol_version for r in chosen})
-    if len(versions) > 1 and not allow_mixed_versions:
+    # Each protocol has its own version: only one protocol's versions must agree.
+    mixed = {p: v for p, v in _versions(chosen).items() if len(v) > 1}
+    if mixed and not allow_mixed_versions:
+        what = "; ".join(f"{p} records from protocol versions {', '.join(v)}"
+                         for p, v in mixed.items())
         raise MixedVersionsError(
-            f"the selected records come from protocol versions {', '.join(versions)}; numbers "
-            "of different versions are not comparable. Select one suite (--suite) or pass "
+            f"the selected records mix versions: {what}; numbers of different versions of "
+            "a protocol are not comparable. Select one suite (--suite) or pass "
             "--allow-mixed-versions to put them in one table anyway."
         )
     _refuse_conflicts(chosen)
     return chosen
+
+
+def _versions(records: Sequence[RunRecord]) -> dict[str, list[str]]:
+    """Protocol -> its versions in ``records`` (sorted), protocols in declaration order."""
+    out: dict[str, list[str]] = {}
+    for p in _sort_protocols(r.protocol for r in records):
+        out[p] = sorted({r.protocol_version for r in records if r.protocol == p})
+    return out
 
 
 def _refuse_conflicts(records: Sequence[RunRecord]) -> None:
@@ -183,9 +234,10 @@ def _refuse_conflicts(records: Sequence[RunRecord]) -> None:
 
 # ---------------------------------------------------------------------------- building
 def _method_order(reference: dict | None) -> dict[str, int]:
+    """Methods in the order the published tables of the declared protocols list them."""
     order: dict[str, int] = {}
-    for section in ("fine_tuning", "linear_probing"):
-        for m in (reference or {}).get(section, {}) or {}:
+    for p in ordered_protocols():
+        for m in ((reference or {}).get(p.reference_key or "", {}) or {}):
             order.setdefault(m, len(order))
     return order
 
@@ -197,7 +249,7 @@ def build_leaderboard(
 ) -> Leaderboard:
     """Aggregate done records into rows (method-size) and columns; see the module doc."""
     datasets = list(dict.fromkeys(r.dataset for r in records))
-    protocols = [p for p in PROTOCOL_SHORT if any(r.protocol == p for r in records)]
+    views = protocol_views(records)
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
         groups.setdefault((r.model_name, r.size), []).append(r)
@@ -205,88 +257,96 @@ def build_leaderboard(
     ref_datasets = [_dataset_key(d) for d in (reference or {}).get("datasets", [])]
     comparable = bool(reference) and sorted(map(_dataset_key, datasets)) == sorted(ref_datasets)
 
+    def published(v: ProtocolView) -> bool:
+        return comparable and v.reference_key is not None and v.reference_key in reference
+
     columns: list[Column] = []
-    for p in protocols:
-        short = PROTOCOL_SHORT[p]
-        if p == "layerwise_probe":
-            columns += [Column(f"{p}:{d}", f"{short} best {d}", "miou") for d in datasets]
+    for v in views:
+        if v.per_layer:
+            columns += [Column(f"{v.name}:{d}", f"{v.short} best {d}", "metric", v.metric)
+                        for d in datasets]
             continue
-        columns += [Column(f"{p}:{d}", f"{short} {d}", "miou") for d in datasets]
+        columns += [Column(f"{v.name}:{d}", f"{v.short} {d}", "metric", v.metric)
+                    for d in datasets]
         if len(datasets) > 1:
-            columns.append(Column(f"{p}:avg", f"{short} avg", "miou"))
-        if comparable and REFERENCE_KEYS.get(p) in reference:  # type: ignore[operator]
-            columns.append(Column(f"{p}:ref", f"{short} paper", "ref"))
-            columns.append(Column(f"{p}:diff", f"{short} Δ", "diff"))
+            columns.append(Column(f"{v.name}:avg", f"{v.short} avg", "metric", v.metric))
+        if published(v):
+            columns.append(Column(f"{v.name}:ref", f"{v.short} paper", "ref", v.metric))
+            columns.append(Column(f"{v.name}:diff", f"{v.short} Δ", "diff", v.metric))
     columns += [Column("gflops", "GFLOPs", "gflops"), Column("params", "Params (M)", "params")]
 
     rows = []
     for (method, size), recs in groups.items():
         row = Row(method, size, random_init=any(r.random_init for r in recs))
-        for p in protocols:
-            _fill_protocol(row, p, [r for r in recs if r.protocol == p], datasets)
+        for v in views:
+            _fill_protocol(row, v, [r for r in recs if r.protocol == v.name], datasets)
             # A random-init row is not the published model: no paper value beside it.
-            if comparable and p in REFERENCE_KEYS and not row.random_init:
-                _fill_reference(row, p, reference)  # type: ignore[arg-type]
+            if published(v) and not v.per_layer and not row.random_init:
+                _fill_reference(row, v, reference)  # type: ignore[arg-type]
         _fill_cost(row, recs)
         rows.append(row)
     order = _method_order(reference)
     rows.sort(key=lambda r: (order.get(r.method, len(order)), r.method, SIZE_ORDER.get(r.size, 9)))
-    notes = _notes(records, rows, reference, comparable)
+    notes = _notes(records, rows, views, reference, comparable)
     return Leaderboard(columns, rows, notes, title)
 
 
-def _fill_protocol(row: Row, p: str, recs: list[RunRecord], datasets: list[str]) -> None:
+def _best_block(curve: list[tuple[int, float]], metric: Metric) -> tuple[int, float]:
+    pick = max if metric.higher_is_better else min
+    return pick(curve, key=lambda lv: lv[1])
+
+
+def _fill_protocol(row: Row, v: ProtocolView, recs: list[RunRecord], datasets: list[str]) -> None:
     per_seed: dict[int, dict[str, float]] = {}
     for d in datasets:
         values, notes = [], []
         for r in recs:
             if r.dataset != d:
                 continue
-            if p == "layerwise_probe":
-                curve = layer_curve(r.per_layer)
+            if v.per_layer:
+                curve = layer_curve(r.per_layer, v.metric.key)
                 if not curve:
                     continue
-                layer, v = max(curve, key=lambda lv: lv[1])
+                layer, value = _best_block(curve, v.metric)
                 notes.append(layer + 1)
             else:
-                v = _miou(r.metrics)
-                if v is None:
+                value = _value(r.metrics, v.metric.key)
+                if value is None:
                     continue
-            values.append(v)
-            per_seed.setdefault(r.seed, {})[d] = v
+            values.append(value)
+            per_seed.setdefault(r.seed, {})[d] = value
         note = ""
         if notes:  # the best block, 1-based, as most common over seeds
             note = f"L{statistics.mode(notes)}"
-        row.cells[f"{p}:{d}"] = Cell.of(values, note)
-    if p != "layerwise_probe" and len(datasets) > 1:
-        means = [row.cells[f"{p}:{d}"].mean for d in datasets]
+        row.cells[f"{v.name}:{d}"] = Cell.of(values, note)
+    if not v.per_layer and len(datasets) > 1:
+        means = [row.cells[f"{v.name}:{d}"].mean for d in datasets]
         if all(m is not None for m in means):
             complete = [s for s in per_seed.values() if len(s) == len(datasets)]
             std = (
                 statistics.stdev([statistics.fmean(s.values()) for s in complete])
                 if len(complete) > 1 else None
             )
-            n = min(row.cells[f"{p}:{d}"].n for d in datasets)
-            row.cells[f"{p}:avg"] = Cell(statistics.fmean(means), std, n)  # type: ignore[arg-type]
+            n = min(row.cells[f"{v.name}:{d}"].n for d in datasets)
+            row.cells[f"{v.name}:avg"] = Cell(statistics.fmean(means), std, n)  # type: ignore[arg-type]
 
 
-def _fill_reference(row: Row, p: str, reference: dict[str, Any]) -> None:
-    table = reference.get(REFERENCE_KEYS[p], {}) or {}
+def _fill_reference(row: Row, v: ProtocolView, reference: dict[str, Any]) -> None:
+    table = reference.get(v.reference_key or "", {}) or {}
     published = (table.get(row.method.lower()) or {}).get(SIZE_LETTER.get(row.size, row.size))
     if published is None:
         return
-    row.cells[f"{p}:ref"] = Cell(float(published), None, 1)
-    ours = row.cells.get(f"{p}:avg") or Cell(None)
+    row.cells[f"{v.name}:ref"] = Cell(float(published), None, 1)
+    ours = row.cells.get(f"{v.name}:avg") or Cell(None)
     if ours.mean is not None:
-        row.cells[f"{p}:diff"] = Cell(ours.mean - float(published), None, 1)
+        row.cells[f"{v.name}:diff"] = Cell(ours.mean - float(published), None, 1)
 
 
 def _fill_cost(row: Row, recs: list[RunRecord]) -> None:
-    """FLOPs of the fine-tuning model (backbone + decode head) when there is one."""
-    by_pref = sorted(
-        (r for r in recs if r.flops is not None),
-        key=lambda r: list(PROTOCOL_SHORT).index(r.protocol) if r.protocol in PROTOCOL_SHORT else 9,
-    )
+    """FLOPs of the model of the first declared protocol that has a count (the paper's
+    fine-tuning: backbone + decode head) when there is one."""
+    rank = {n: i for i, n in enumerate(_sort_protocols(r.protocol for r in recs))}
+    by_pref = sorted((r for r in recs if r.flops is not None), key=lambda r: rank[r.protocol])
     if not by_pref:
         return
     f = by_pref[0].flops
@@ -301,24 +361,38 @@ def _fill_cost(row: Row, recs: list[RunRecord]) -> None:
 
 
 def _notes(
-    records: Sequence[RunRecord], rows: list[Row], reference: dict | None, comparable: bool
+    records: Sequence[RunRecord], rows: list[Row], views: list[ProtocolView],
+    reference: dict | None, comparable: bool,
 ) -> list[str]:
     notes = []
     seeds = sorted({r.seed for r in records})
+    labels = list(dict.fromkeys(v.metric.label for v in views))
+    what = labels[0] if len(labels) == 1 else "; ".join(
+        f"{v.short} {v.metric.label}" for v in views)
     notes.append(
-        f"mIoU (%) as mean ± std over seeds {seeds}" if len(seeds) > 1
-        else f"mIoU (%), seed {seeds[0]}" if seeds else "no results"
+        f"{what} as mean ± std over seeds {seeds}" if len(seeds) > 1
+        else f"{what}, seed {seeds[0]}" if seeds else "no results"
     )
+    shorts = {v.name: v.short for v in views}
     for proto, size, counter, conv, attn in sorted({r.cost_basis for r in rows if r.cost_basis}):
         notes.append(
-            f"GFLOPs: 10^9 {conv} of backbone + decode head of the {PROTOCOL_SHORT[proto]} model "
+            f"GFLOPs: 10^9 {conv} of backbone + decode head of the {shorts[proto]} model "
             f"at {size[0]}x{size[1]}, {'with' if attn else 'without'} attention matmuls "
             f"({counter}); Params: backbone, millions"
         )
     if any(r.random_init for r in rows):
         notes.append(f"{RANDOM_INIT_MARK} random-init backbone (no pre-trained checkpoint)")
-    versions = sorted({r.protocol_version for r in records})
-    notes.append(f"protocol version {', '.join(versions)}")
+    for v in views:
+        if not v.registered:
+            notes.append(f"{v.name}: a protocol not registered here (its plug-in is not "
+                         f"installed); shown with its {v.metric.key}")
+    versions = _versions(records)
+    distinct = sorted({x for vs in versions.values() for x in vs})
+    if all(vs == distinct for vs in versions.values()):
+        notes.append(f"protocol version {', '.join(distinct)}")
+    else:
+        notes.append("protocol versions: " + "; ".join(
+            f"{shorts.get(p, p)} {', '.join(vs)}" for p, vs in versions.items()))
     if reference and comparable:
         notes.append(f"paper: {reference.get('source', 'published values')}; Δ = ours - paper")
     elif reference:
@@ -331,28 +405,33 @@ def _notes(
 
 # ---------------------------------------------------------------------------- rendering
 def _best(lb: Leaderboard) -> dict[str, float]:
+    """Column key -> its best mean, in the direction of the column's metric."""
     best = {}
     for c in lb.columns:
-        if c.kind != "miou":
+        if c.kind != "metric":
             continue
         values = [r.cells[c.key].mean for r in lb.rows if c.key in r.cells]
         values = [v for v in values if v is not None]
         if values:
-            best[c.key] = max(values)
+            higher = c.metric is None or c.metric.higher_is_better
+            best[c.key] = max(values) if higher else min(values)
     return best
 
 
-def _fmt(cell: Cell | None, kind: str, fmt: str) -> str:
+def _fmt(cell: Cell | None, column: Column, fmt: str) -> str:
     if cell is None or cell.mean is None:
         return "–" if fmt != "latex" else "--"
-    if kind == "diff":
-        text = f"{cell.mean:+.1f}" if round(cell.mean, 1) != 0 else "0.0"
-    elif kind in ("gflops", "params"):
+    digits = column.metric.digits if column.metric is not None else 1
+    if column.kind == "diff":
+        text = (f"{cell.mean:+.{digits}f}" if round(cell.mean, digits) != 0
+                else f"{0:.{digits}f}")
+    elif column.kind in ("gflops", "params"):
         text = f"{cell.mean:.2f}" if cell.mean < 10 else f"{cell.mean:.1f}"
     else:
-        text = f"{cell.mean:.1f}"
+        text = f"{cell.mean:.{digits}f}"
     if cell.std is not None:
-        text += f" $\\pm$ {cell.std:.1f}" if fmt == "latex" else f" ± {cell.std:.1f}"
+        std = f"{cell.std:.{digits}f}"
+        text += f" $\\pm$ {std}" if fmt == "latex" else f" ± {std}"
     if cell.note:
         text += f" ({cell.note})"
     return text
@@ -375,7 +454,7 @@ def render(lb: Leaderboard, fmt: str = "md") -> str:
         line = [label]
         for c in lb.columns:
             cell = r.cells.get(c.key)
-            text = _fmt(cell, c.kind, fmt)
+            text = _fmt(cell, c, fmt)
             is_best = cell is not None and cell.mean is not None and best.get(c.key) == cell.mean
             if is_best and len(lb.rows) > 1:
                 text = f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
@@ -400,14 +479,14 @@ def _render_csv(lb: Leaderboard) -> str:
     w = csv.writer(buf, lineterminator="\n")
     header = ["method", "size", "random_init"]
     for c in lb.columns:
-        header += [c.key, f"{c.key}:std", f"{c.key}:n"] if c.kind == "miou" else [c.key]
+        header += [c.key, f"{c.key}:std", f"{c.key}:n"] if c.kind == "metric" else [c.key]
     w.writerow(header)
     for r in lb.rows:
         line: list[Any] = [r.method, SIZE_LETTER.get(r.size, r.size), int(r.random_init)]
         for c in lb.columns:
             cell = r.cells.get(c.key) or Cell(None)
             line.append("" if cell.mean is None else round(cell.mean, 4))
-            if c.kind == "miou":
+            if c.kind == "metric":
                 line += ["" if cell.std is None else round(cell.std, 4), cell.n or ""]
         w.writerow(line)
     return buf.getvalue()

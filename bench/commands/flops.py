@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=num_classes,
         options=parse_assignments(args.option, "--option"),
         decode_head=not args.backbone_only,
+        protocol=args.protocol,
     )
     data = report.to_dict()
     if args.json:
@@ -35,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.adapter} ViT-{args.size} at {h}x{w}: {report.convention}, {report.counter}")
     lines = [("backbone", report.backbone_gmacs, report.backbone_gmacs_no_attn,
               report.backbone_params_m)]
-    if report.head is not None:
-        lines.append((f"+ {report.neck} + {report.head} (no aux)", report.total_gmacs,
-                      report.total_gmacs_no_attn, report.params_m))
+    if report.num_classes is not None:  # not --backbone-only
+        parts = " + ".join(x for x in (report.neck, report.head) if x) or "heads"
+        lines.append((f"+ {parts} (no aux)", report.total_gmacs, report.total_gmacs_no_attn,
+                      report.params_m))
     width = max(len(name) for name, *_ in lines)
     for name, with_attn, without, params in lines:
         print(f"  {name:<{width}}  {with_attn:9.3f} GMACs  ({without:.3f} without attention "
@@ -49,9 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "flops",
         help="count GMACs (one multiply-add = one flop) and parameters",
-        description="Backbone alone and backbone + neck + decode head (no auxiliary head) of "
-        "the adapter's fine-tuning model (multi-level neck, or LL-FPN for UNIP, + UPerNet; "
-        "--neck/--head replace them), counted with fvcore at the given input size. Both "
+        description="Backbone alone and the model a protocol evaluates (default: the "
+        "fine-tuning model, backbone + neck + decode head without the auxiliary head: "
+        "multi-level neck, or LL-FPN for UNIP, + UPerNet; --neck/--head replace them), "
+        "counted with fvcore at the given input size. Both "
         "conventions are given: with attention matmuls (timm's tables) and without (mmcv's, "
         "used by the UNIP paper).",
     )
@@ -60,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=224, help="square input side (default 224)")
     p.add_argument("--neck", help="neck registry name (default: the adapter's fine-tuning neck)")
     p.add_argument("--head", help="decode head registry name (default: uperhead)")
+    p.add_argument("--protocol",
+                   help="count the model this protocol evaluates (a registered name or alias; "
+                   "default: the first declared, fine-tuning)")
     p.add_argument("--num-classes", type=int,
                    help="classes of the decode head (default: --dataset's, else 21 as SODA)")
     p.add_argument("--dataset", help="take the number of classes from this dataset")

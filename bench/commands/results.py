@@ -72,7 +72,8 @@ def plot(args: argparse.Namespace) -> int:
     records, _ = selected_records(args)
     written = plot_miou_vs_flops(records, args.out) + plot_layerwise(records, args.out)
     if not written:
-        raise ValueError("nothing to plot: no fine-tuning, linear or layer-wise probing results")
+        raise ValueError("nothing to plot: no results with their primary metric and FLOPs, "
+                         "nor per-layer results")
     for p in written:
         print(f"wrote {p}")
     return 0
@@ -95,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write to this file instead of printing")
     p.set_defaults(func=table)
 
-    p = sub.add_parser("plot", help="mIoU vs GFLOPs and layer-wise curves as PNG")
+    p = sub.add_parser("plot", help="metric vs GFLOPs per protocol and per-layer curves as PNG")
     _common(p)
     p.add_argument("--out", default="results/plots", help="folder (default results/plots)")
     p.set_defaults(func=plot)

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 def ls(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from bench.protocols.registry import primary_score
     from bench.runner import Paths, run_states, select_runs
 
     suite = _load(args.suite)
@@ -111,7 +112,8 @@ def ls(args: argparse.Namespace) -> int:
         state, rec = states[r.run_id]
         detail = ""
         if rec is not None and rec.status == "done" and rec.metrics:
-            detail = f"mIoU {rec.metrics.get('mIoU', float('nan')):.2f}"
+            metric, score = primary_score(r.protocol, rec.metrics)
+            detail = f"{metric.key} {score:.2f}" if score is not None else ""
         elif rec is not None and rec.error:
             detail = rec.error[:80]
         rows.append([state, r.run_id, r.label, detail])
@@ -123,22 +125,26 @@ def ls(args: argparse.Namespace) -> int:
     if older:
         print(
             "the store also holds "
-            + ", ".join(f"{n} record(s) of protocol version {v}" for v, n in older.items())
+            + ", ".join(f"{n} record(s) of {p} version {v}" for (p, v), n in older.items())
             + f" for suite {suite.spec.suite!r}: not reused (numbers of another protocol "
             "version are not comparable); `unipbench table --allow-mixed-versions` shows them"
         )
     return 0
 
 
-def _older_version_records(suite_name: str, store: Path) -> dict[str, int]:
-    """Protocol version -> count of this suite's stored runs made under another version."""
-    from bench.protocols.config import PROTOCOL_VERSION
+def _older_version_records(suite_name: str, store: Path) -> dict[tuple[str, str], int]:
+    """(protocol, version) -> count of this suite's stored runs made under another
+    version of their protocol than the one registered now."""
+    from bench.protocols.registry import find_protocol
     from bench.store import latest_by_run, read_records
 
-    counts: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
     for rec in latest_by_run(read_records(store)).values():
-        if rec.suite == suite_name and rec.protocol_version != PROTOCOL_VERSION:
-            counts[rec.protocol_version] = counts.get(rec.protocol_version, 0) + 1
+        declared = find_protocol(rec.protocol)
+        current = declared.version if declared is not None else None
+        if rec.suite == suite_name and rec.protocol_version != current:
+            key = (rec.protocol, rec.protocol_version)
+            counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 
 

@@ -1,4 +1,5 @@
-"""``unipbench train``: one fine-tuning, linear-probing or layer-wise-probing run.
+"""``unipbench train PROTOCOL``: one run of a registered protocol (fine-tuning, linear or
+layer-wise probing, or a plug-in's), named by its name or an alias.
 
 Several processes: ``accelerate launch --multi_gpu --num_processes N -m bench.cli train ...``
 on GPUs; on CPUs (gloo) ``torchrun --nproc_per_node N -m bench.cli train ...``, since
@@ -10,36 +11,51 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 from bench.assignments import parse_assignments
 
-PROTOCOL_CHOICES = {
-    "finetune": "fine_tune",
-    "linear-probe": "linear_probe",
-    "layerwise": "layerwise_probe",
-}
+
+def _number(value: Any, digits: int = 2) -> str:
+    return "nan" if value is None else f"{float(value):.{digits}f}"
 
 
 def summary(result: dict, class_names: list[str]) -> str:
-    """Metrics summary with per-class IoU, and per-layer / per-lr tables where present."""
+    """The run's metrics (per-class IoU when the result has it), best evaluation, and the
+    per-layer / per-lr tables of protocols whose results hold them."""
     from bench.metrics import format_per_class_table
+    from bench.protocols.registry import find_protocol
 
+    declared = find_protocol(result["protocol"])
+    metrics = result.get("metrics") or {}
+    declared_metrics = declared.metrics if declared is not None else ()
+    key = declared.primary.key if declared is not None else next(iter(metrics), "")
     mode = f" ({result['mode']})" if "mode" in result else ""
+    iters = f", {result['iterations']} iterations" if "iterations" in result else ""
     lines = [f"{result['protocol']}{mode} on {result['dataset']['name']} "
-             f"{result['dataset']['eval_split']}, {result['iterations']} iterations, "
-             f"{result['wall_time_s']:.0f}s"]
-    if "per_layer" in result:
-        lines.append("block  mIoU")
-        lines += [f"{int(k):>5}  {m['mIoU']:.2f}" for k, m in result["per_layer"].items()]
-        lines.append(f"best block: {result['best_layer']}")
-    if "lr_sweep" in result:
-        lines.append("lr        mIoU (last)  mIoU (best)")
-        lines += [f"{r['lr']:<9g} {r['last']['mIoU']:11.2f}  {r['best']['mIoU']:11.2f}"
-                  for r in result["lr_sweep"]]
-        lines.append(f"best lr: {result['best_lr']:g}")
-    lines.append(format_per_class_table(result["metrics"], class_names))
-    best = result["best"]
-    lines.append(f"best mIoU {best['mIoU']:.2f} at iteration {best['iteration']}")
+             f"{result['dataset']['eval_split']}{iters}, {result['wall_time_s']:.0f}s"]
+    if result.get("per_layer"):
+        lines.append(f"block  {key}")
+        lines += [f"{int(k):>5}  {_number(m.get(key))}" for k, m in result["per_layer"].items()]
+        if "best_layer" in result:
+            lines.append(f"best block: {result['best_layer']}")
+    if result.get("lr_sweep"):
+        lines.append(f"lr        {key + ' (last)':>11}  {key + ' (best)':>11}")
+        lines += [f"{r['lr']:<9g} {_number(r['last'].get(key)):>11}  "
+                  f"{_number(r['best'].get(key)):>11}" for r in result["lr_sweep"]]
+        if "best_lr" in result:
+            lines.append(f"best lr: {result['best_lr']:g}")
+    if {"per_class_iou", "per_class_acc", "mIoU", "mAcc", "aAcc"} <= set(metrics):
+        lines.append(format_per_class_table(metrics, class_names))
+    for m in declared_metrics or ():
+        if m.key not in ("mIoU", "mAcc", "aAcc") or "per_class_iou" not in metrics:
+            lines.append(f"{m.label}: {_number(metrics.get(m.key), m.digits)}")
+    if not declared_metrics:  # a result of a protocol not registered: every number
+        lines += [f"{k}: {_number(v)}" for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    best = result.get("best") or {}
+    if key in best and "iteration" in best:
+        lines.append(f"best {key} {_number(best[key])} at iteration {best['iteration']}")
     return "\n".join(lines)
 
 
@@ -48,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.data import get_dataset_info
     from bench.protocols import run_protocol
     from bench.protocols.engine import TrainingDiverged
+    from bench.protocols.registry import get_protocol
+
+    protocol = get_protocol(args.protocol).name  # an unknown name fails before any work
 
     model = {
         "adapter": args.adapter,
@@ -59,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = {"name": args.dataset, "root": args.root, "layout": args.layout}
     try:
         result = run_protocol(
-            PROTOCOL_CHOICES[args.protocol], model, dataset,
+            protocol, model, dataset,
             settings=parse_assignments(args.set, "--set"), workdir=args.workdir,
             seed=args.seed, progress=not args.no_progress,
         )
@@ -75,15 +94,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from bench.protocols.registry import ordered_protocols
+
+    known = ", ".join(
+        p.name + (f" ({', '.join(p.aliases)})" if p.aliases else "") for p in ordered_protocols()
+    )
     p = sub.add_parser(
         "train",
-        help="fine-tune, linear-probe or layer-wise-probe one backbone on one dataset",
+        help="run one protocol (fine-tune, linear-probe, ...) of one backbone on one dataset",
         description="Runs one protocol; a rerun in the same workdir resumes. A finished "
         "workdir prints its stored result, saying so, when the data (a fingerprint of each "
         "split) and the checkpoint (its sha256) are those it was made from, with the same "
         "settings and seed; otherwise it is refused, naming what differs.",
     )
-    p.add_argument("protocol", choices=list(PROTOCOL_CHOICES))
+    p.add_argument("protocol", help=f"a registered protocol or alias: {known}")
     p.add_argument("--adapter", required=True, help="pre-training method (unipbench adapters)")
     p.add_argument("--size", required=True, help="ViT size: T, S, B or L")
     p.add_argument(

@@ -22,6 +22,23 @@ INFRARED_SEG_STD = (47.8976 / 255,) * 3
 DEPTH_MEAN = IMAGENET_MEAN
 DEPTH_STD = IMAGENET_STD
 
+# Protocol defaults per dataset (the paper's total batch of 8): warm-up and total
+# iterations (about 100 epochs) and the released configs' evaluation intervals
+# (`evaluation = dict(interval=...)`); a dataset without them needs `iters` and
+# `warmup_iters` given. The depth sets of layer-wise probing train on 480 crops, and
+# their test resize and sliding window follow the crop, with the released stride of 341.
+DEPTH_CROP = 480
+DEPTH_SCALE = (2048, DEPTH_CROP)
+_DEPTH_CROPS = {"crop_size": DEPTH_CROP, "scale": DEPTH_SCALE, "slide_crop": DEPTH_CROP,
+                "slide_stride": 341}
+
+
+def _schedule(warmup: int, iters: int, eval_interval: int, **more: object) -> dict:
+    """Defaults for every protocol ("*"): schedule, evaluation interval, anything else."""
+    return {"*": {"warmup_iters": warmup, "iters": iters, "eval_interval": eval_interval,
+                  **more}}
+
+
 SODA_CLASSES = (
     "background", "person", "building", "tree", "road", "pole", "grass", "door", "table",
     "chair", "car", "bicycle", "lamp", "monitor", "traffic_cone", "trash_can", "animal",
@@ -190,6 +207,7 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         splits=("train", "test"),
         default_eval_split="test",
         published_counts={"train": 1168, "test": 1000},
+        protocol_defaults=_schedule(1500, 14400, 800),
     ),
     DatasetInfo(
         name="mfnet_thermal",
@@ -202,6 +220,7 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         splits=("train", "val", "test", "val_test"),
         default_eval_split="test",
         published_counts={"train": 784, "val": 392, "test": 393},
+        protocol_defaults=_schedule(1000, 9800, 700),
         notes="Class 0 (unlabelled) is a class, as in the UNIP config (no ignored label).",
     ),
     DatasetInfo(
@@ -217,6 +236,7 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         splits=("train", "val"),
         default_eval_split="val",
         published_counts={"train": 1345, "val": 665},
+        protocol_defaults=_schedule(1700, 16800, 800),
     ),
     DatasetInfo(
         name="ade20k",
@@ -230,6 +250,7 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         default_eval_split="val",
         reduce_zero_label=True,
         published_counts={"train": 20210, "val": 2000},
+        protocol_defaults=_schedule(1500, 75000, 1000),
     ),
     DatasetInfo(
         name="nyuv2_depth",
@@ -242,9 +263,10 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         splits=("train", "test"),
         default_eval_split="test",
         reduce_zero_label=True,
-        crop_size=480,
-        scale=(2048, 480),
+        crop_size=DEPTH_CROP,
+        scale=DEPTH_SCALE,
         published_counts={"train": 795, "test": 654},
+        protocol_defaults=_schedule(1000, 9800, 700, **_DEPTH_CROPS),
         notes=(
             "40 classes with label 0 ignored, as the protocol states; the UNIP config "
             "instead lists a '_background_' class 0 (41 classes, no reduce_zero_label)."
@@ -261,9 +283,10 @@ BUILTIN_DATASETS: tuple[DatasetInfo, ...] = (
         splits=("train", "test"),
         default_eval_split="test",
         reduce_zero_label=True,
-        crop_size=480,
-        scale=(2048, 480),
+        crop_size=DEPTH_CROP,
+        scale=DEPTH_SCALE,
         published_counts={"train": 5285, "test": 5050},
+        protocol_defaults=_schedule(6000, 65000, 1000, **_DEPTH_CROPS),
         notes=(
             "37 classes with label 0 ignored, as the protocol states; the UNIP config "
             "lists a '_background_' class 0 (38 classes, no reduce_zero_label)."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 Modality = Literal["infrared", "rgb", "depth"]
 # How the model-facing image is made from the file on disk.
@@ -85,6 +85,9 @@ class DatasetInfo:
     scale: tuple[int, int] = (2048, 512)
     published_counts: Mapping[str, int] = field(default_factory=dict)
     notes: str = ""
+    # Protocol settings for this dataset (schedule, evaluation interval, crops), keyed by
+    # protocol name, or "*" for every protocol; a protocol's own entry wins over "*".
+    protocol_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     num_classes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,11 @@ class DatasetInfo:
         for lay in self.layouts:
             if not set(lay.splits) <= set(self.splits):
                 raise ValueError(f"{self.name}: layout {lay.name!r} names unknown splits")
+
+    def protocol_defaults_for(self, protocol: str) -> dict[str, Any]:
+        """The settings this dataset gives ``protocol``: the "*" entry, then its own."""
+        return {**self.protocol_defaults.get("*", {}),
+                **self.protocol_defaults.get(protocol, {})}
 
     @property
     def required_splits(self) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ FINE_TUNE = Protocol(
     description="Full fine-tuning: ViT + neck + UPerNet (+ auxiliary FCN), layer-wise lr decay.",
     aliases=("finetune", "ft"),
     reference_key="fine_tuning",
+    order=0,
 )
 
 LINEAR_PROBE = Protocol(
@@ -42,6 +43,7 @@ LINEAR_PROBE = Protocol(
     aliases=("linearprobe", "lp", "linear-probe"),
     reference_key="linear_probing",
     result_fields=("lr_sweep",),
+    order=1,
 )
 
 LAYERWISE_PROBE = Protocol(
@@ -56,4 +58,5 @@ LAYERWISE_PROBE = Protocol(
     aliases=("layerwise", "lw"),
     per_layer=True,
     result_fields=("per_layer",),
+    order=2,
 )

@@ -1,9 +1,11 @@
-"""Every hyperparameter of the three evaluation protocols, with the paper's values as defaults.
+"""Every hyperparameter of the paper's three evaluation protocols, with its values as defaults.
 
-One pydantic model per protocol. Per-dataset (schedules), per-size (ViT-L blocks, drop
-path) and per-adapter (UNIP's layer decay, LL-FPN, no relative position bias) defaults
-live in the tables below and are applied by :func:`resolve_settings` before the user's
-overrides, so no number is hidden in the trainers.
+One pydantic model per protocol (each protocol's declaration names its class, see
+:mod:`bench.protocols.registry`). Per-dataset defaults (schedules, evaluation intervals,
+crops) come from the dataset catalogue, per-adapter and per-size ones (UNIP's layer
+decay, LL-FPN, no relative position bias; ViT-L's blocks and drop path) from the adapter's
+declaration; :func:`resolve_settings` applies them before the user's overrides, so no
+number is hidden in the trainers.
 """
 
 from __future__ import annotations
@@ -15,14 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bench.choices import yaml_bools_to_choices
 from bench.protocols.optim import WeightDecayRule, check_betas
-from bench.registry import did_you_mean, unknown_name_message
-
-# Bumped whenever a change could move a stored number (schedule, inference, metric).
-# 2.0: the released UNIP pipeline's defaults (layer scale and relative position bias in
-# the fine-tuned backbone, weight decay on pos_embed/cls_token, loss averaged over all
-# pixels, the segmentation configs' infrared std, per-dataset evaluation intervals,
-# uniform head split for UNIP students downstream). 1.0 results are not comparable.
-PROTOCOL_VERSION = "2.0"
+from bench.registry import did_you_mean
 
 # Settings that say what to keep on disk, not what is computed: changing them must not
 # change a run's identity (run id, resume fingerprint), so the hashes leave them out.
@@ -40,7 +35,7 @@ class ProtocolSettings(BaseModel):
     """What all three protocols share: data pipeline, inference, optimiser, schedule, runtime.
 
     ``iters`` and ``warmup_iters`` have no global default: they come from the dataset
-    table (:data:`DATASET_DEFAULTS`) or from an override.
+    catalogue (``DatasetInfo.protocol_defaults``) or from an override.
     """
 
     # No inf/nan anywhere: `--set lr=inf` would otherwise only fail inside the optimiser.
@@ -101,9 +96,11 @@ class ProtocolSettings(BaseModel):
     )
 
     # ---- schedule: linear warm-up, then poly to 0, per iteration
-    iters: int | None = Field(None, gt=0, description="Optimiser steps (from the dataset table).")
+    iters: int | None = Field(
+        None, gt=0, description="Optimiser steps (from the dataset catalogue)."
+    )
     warmup_iters: int | None = Field(
-        None, ge=0, description="Linear warm-up steps (from the dataset table)."
+        None, ge=0, description="Linear warm-up steps (from the dataset catalogue)."
     )
     warmup_ratio: float = Field(
         1e-6, ge=0, le=1, description="lr multiplier at step 0 (mmseg), in [0, 1]."
@@ -123,7 +120,7 @@ class ProtocolSettings(BaseModel):
         1600,
         ge=0,
         description="Evaluate every N steps (0 = only at the end; always at the end). The "
-        "paper's datasets set their released interval (DATASET_DEFAULTS).",
+        "paper's datasets set their released interval (their catalogue entries).",
     )
     checkpoint_interval: int = Field(
         800, ge=0, description="Save resumable state every N steps (0 = never)."
@@ -200,7 +197,7 @@ class FineTuneSettings(ProtocolSettings):
         gt=0,
         le=1,
         description="Layer-wise lr decay: multiplier decay^(L+1-layer_id). 0.65 for the "
-        "baselines; UNIP's per-adapter default is 0.85 (ADAPTER_DEFAULTS).",
+        "baselines; UNIP's per-adapter default is 0.85 (its adapter's protocol_defaults).",
     )
     weight_decay_rule: WeightDecayRule = Field(
         "no_bias_norm",
@@ -283,75 +280,35 @@ class LayerwiseProbeSettings(ProtocolSettings):
     head: Literal["linear", "bn_linear"] = Field("linear", description="Per-layer head.")
 
 
-Settings = FineTuneSettings | LinearProbeSettings | LayerwiseProbeSettings
-
-SETTINGS_CLASSES: dict[str, type[ProtocolSettings]] = {
-    "fine_tune": FineTuneSettings,
-    "linear_probe": LinearProbeSettings,
-    "layerwise_probe": LayerwiseProbeSettings,
-}
-
-PROTOCOL_ALIASES = {
-    "fine_tune": "fine_tune", "finetune": "fine_tune", "ft": "fine_tune",
-    "linear_probe": "linear_probe", "linearprobe": "linear_probe", "lp": "linear_probe",
-    "layerwise_probe": "layerwise_probe", "layerwise": "layerwise_probe",
-}
-
-# Per dataset (paper, total batch 8): warm-up and total iterations, about 100 epochs.
-# The depth datasets of layer-wise probing use 480 crops (as their DatasetInfo says) with
-# the released configs' sliding stride of 341, unchanged from the 512 setting. Datasets
-# without a schedule here
-# need `iters` and `warmup_iters` given explicitly. Keys are dataset_key() of the name.
-# Evaluation intervals are the released configs' (`evaluation = dict(interval=...)`).
-_DEPTH_480 = {"crop_size": 480, "scale": (2048, 480), "slide_crop": 480, "slide_stride": 341}
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "soda": {"warmup_iters": 1500, "iters": 14400, "eval_interval": 800},
-    "mfnetthermal": {"warmup_iters": 1000, "iters": 9800, "eval_interval": 700},
-    "scutseg": {"warmup_iters": 1700, "iters": 16800, "eval_interval": 800},
-    "ade20k": {"warmup_iters": 1500, "iters": 75000, "eval_interval": 1000},
-    "nyuv2depth": {**_DEPTH_480, "warmup_iters": 1000, "iters": 9800, "eval_interval": 700},
-    "sunrgbddepth": {**_DEPTH_480, "warmup_iters": 6000, "iters": 65000, "eval_interval": 1000},
-}
-DATASET_ALIASES = {"mfnet": "mfnetthermal", "nyuv2": "nyuv2depth", "sunrgbd": "sunrgbddepth"}
-
-# Per ViT size: ViT-L reads deeper blocks and uses more stochastic depth.
-SIZE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "large": {
-        "fine_tune": {"layers": [7, 11, 15, 23], "drop_path": 0.2},
-        "linear_probe": {"layers": [7, 11, 15, 23]},
-    },
-}
-
-# Per adapter: UNIP students are fine-tuned with layer decay 0.85, the LL-FPN neck and
-# no relative position bias (the release's train_scripts pass use_rel_pos_bias=False).
-ADAPTER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "unip": {"fine_tune": {"layer_decay": 0.85, "neck": "llfpn", "rel_pos_bias": False}},
-}
-
-
 def canonical_protocol(protocol: str) -> str:
-    key = re.sub(r"[^a-z_]", "_", str(protocol).strip().lower())
-    if key in PROTOCOL_ALIASES:
-        return PROTOCOL_ALIASES[key]
-    key = key.replace("_", "")
-    if key in PROTOCOL_ALIASES:
-        return PROTOCOL_ALIASES[key]
-    raise ValueError(
-        unknown_name_message("protocol", protocol, list(SETTINGS_CLASSES),
-                             suggest=list(PROTOCOL_ALIASES))
-    )
+    """The registered name of ``protocol`` or of one of its aliases (a ValueError if none)."""
+    from bench.protocols.registry import canonical_protocol as _canonical
+
+    return _canonical(protocol)
 
 
 def dataset_key(name: str) -> str:
-    """'SCUT-Seg', 'scut_seg' -> 'scutseg'; 'MFNet' -> 'mfnetthermal' (the table's keys)."""
-    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    return DATASET_ALIASES.get(key, key)
+    """'SCUT-Seg', 'scut_seg' -> 'scutseg': how dataset names compare across spellings."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def _size_key(size: str) -> str:
-    from bench.adapter import canonical_size
+def dataset_protocol_defaults(dataset: str, protocol: str) -> dict[str, Any]:
+    """The settings the dataset catalogue gives ``protocol`` on ``dataset`` ({} for a
+    dataset nobody registered: its schedule must then be given)."""
+    from bench.data import get_dataset_info, list_datasets
 
-    return canonical_size(size)
+    names = list_datasets()
+    if dataset not in names:
+        # 'SCUT-Seg' is scut_seg, 'MFNet' mfnet_thermal: a catalogue name in another
+        # spelling, or the start of exactly one.
+        key = dataset_key(dataset)
+        same = [n for n in names if dataset_key(n) == key]
+        starts = [n for n in names if key and dataset_key(n).startswith(key)]
+        found = same or (starts if len(starts) == 1 else [])
+        if not found:
+            return {}
+        dataset = found[0]
+    return get_dataset_info(dataset).protocol_defaults_for(protocol)
 
 
 def resolve_settings(
@@ -360,39 +317,45 @@ def resolve_settings(
     adapter: str,
     size: str,
     overrides: dict[str, Any] | None = None,
-) -> Settings:
-    """Class defaults <- dataset table <- size table <- adapter table <- ``overrides``.
+) -> ProtocolSettings:
+    """Settings class defaults <- dataset catalogue <- adapter (and size) <- ``overrides``.
 
-    An unknown override key raises ValueError with a did-you-mean suggestion; a value of
-    the wrong type raises pydantic's ValidationError (also a ValueError).
+    The dataset's and the adapter's ``protocol_defaults`` only fill fields the protocol's
+    settings class has. An unknown protocol or override key raises ValueError with a
+    did-you-mean suggestion; a value of the wrong type raises pydantic's ValidationError
+    (also a ValueError).
     """
-    proto = canonical_protocol(protocol)
-    cls = SETTINGS_CLASSES[proto]
+    from bench.adapter import adapter_protocol_defaults
+    from bench.protocols.registry import get_protocol
+
+    proto = get_protocol(protocol)
+    cls = proto.settings
     fields = set(cls.model_fields)
     values: dict[str, Any] = {}
     for layer in (
-        DATASET_DEFAULTS.get(dataset_key(dataset), {}),
-        SIZE_DEFAULTS.get(_size_key(size), {}).get(proto, {}),
-        ADAPTER_DEFAULTS.get(str(adapter).lower(), {}).get(proto, {}),
+        dataset_protocol_defaults(dataset, proto.name),
+        adapter_protocol_defaults(adapter, proto.name, size),
     ):
         values.update({k: v for k, v in layer.items() if k in fields})
     for key, value in (overrides or {}).items():
         if key not in fields:
             raise ValueError(
-                f"unknown setting {key!r} for protocol {proto}."
+                f"unknown setting {key!r} for protocol {proto.name}."
                 + did_you_mean(key, sorted(fields))
             )
         values[key] = value
     settings = cls(**values)
-    missing = [k for k in ("iters", "warmup_iters") if getattr(settings, k) is None]
+    missing = [k for k in ("iters", "warmup_iters") if getattr(settings, k, 0) is None]
     if missing:
         raise ValueError(
             f"dataset {dataset!r} has no paper schedule; set {' and '.join(missing)} "
             f"(e.g. --set iters=16000 --set warmup_iters=1500)."
         )
-    return settings  # type: ignore[return-value]
+    return settings
 
 
-def settings_from_dict(protocol: str, data: dict[str, Any]) -> Settings:
+def settings_from_dict(protocol: str, data: dict[str, Any]) -> ProtocolSettings:
     """Rebuild settings stored in a result (exact field set, validated)."""
-    return SETTINGS_CLASSES[canonical_protocol(protocol)](**data)  # type: ignore[return-value]
+    from bench.protocols.registry import get_protocol
+
+    return get_protocol(protocol).settings(**data)

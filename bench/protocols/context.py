@@ -15,6 +15,7 @@ from bench.backbone import Backbone
 from bench.protocols.checkpointing import Checkpointer
 from bench.protocols.config import ProtocolSettings
 from bench.protocols.inference import Predictor, evaluate
+from bench.protocols.registry import MIOU, Metric
 from bench.protocols.runtime import per_process_batch
 
 
@@ -32,6 +33,8 @@ class RunContext:
     seed: int
     fingerprint: str
     progress: bool = True
+    # The protocol's primary metric: what picks the best evaluation of a run.
+    primary: Metric = MIOU
 
     @property
     def train_split(self) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 from bench.progress import Progress
 from bench.protocols.checkpointing import Checkpointer
 from bench.protocols.config import ProtocolSettings
+from bench.protocols.registry import MIOU, Metric
 from bench.protocols.schedules import warmup_poly
 
 Batches = Callable[[int], Iterator[dict]]  # micro-batch index to start at -> stream
@@ -81,10 +82,6 @@ def _per_head(name: str, values: list[float]) -> dict[str, float]:
     return {f"{name}/head{k}": v for k, v in enumerate(values)}
 
 
-def _better(new: dict, old: dict | None) -> bool:
-    return old is None or new["mIoU"] > old["mIoU"]
-
-
 class Trainer:
     """Runs ``settings.iters`` optimiser steps of ``model`` with everything resumable."""
 
@@ -102,6 +99,7 @@ class Trainer:
         num_heads: int = 1,
         progress: bool = True,
         description: str = "train",
+        primary: Metric = MIOU,
     ) -> None:
         self.acc = accelerator
         self.model = model
@@ -115,6 +113,7 @@ class Trainer:
         self.num_heads = num_heads
         self.progress = progress
         self.description = description
+        self.primary = primary  # the metric, and its direction, that picks the best
         self.saved_at: int | None = None  # iteration of the checkpoint on disk
 
     # ------------------------------------------------------------------ state
@@ -166,13 +165,14 @@ class Trainer:
     def _eval(self, it: int, best: list, history: list) -> list[dict]:
         t0 = time.perf_counter()
         metrics = self.evaluate()
+        key = self.primary.key
         history.append(
-            {"iteration": it, "mIoU": [m["mIoU"] for m in metrics],
+            {"iteration": it, key: [m[key] for m in metrics],
              "eval_s": round(time.perf_counter() - t0, 3)}
         )
-        self.acc.log(_per_head("eval/mIoU", [m["mIoU"] for m in metrics]), step=it)
+        self.acc.log(_per_head(f"eval/{key}", [m[key] for m in metrics]), step=it)
         for k, m in enumerate(metrics):
-            if _better(m, best[k]):
+            if self.primary.better(m[key], None if best[k] is None else best[k][key]):
                 best[k] = {"iteration": it, **m}
         return metrics
 

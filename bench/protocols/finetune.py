@@ -88,7 +88,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     trainer = Trainer(
         acc, prepared, optimizer, scheduler, inner, ctx.train_stream(ctx.train_set()),
         evaluate, s, ctx.checkpointer(), num_heads=1, progress=ctx.progress,
-        description=f"fine-tune {ctx.dataset['name']}",
+        description=f"fine-tune {ctx.dataset['name']}", primary=ctx.primary,
     )
     return trainer.run().result()
 

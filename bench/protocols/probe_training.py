@@ -55,6 +55,6 @@ def train_heads(
     trainer = Trainer(
         acc, prepared, optimizer, scheduler, probe.heads, stream, evaluate, ctx.settings,
         ctx.checkpointer(), num_heads=probe.num_heads, progress=ctx.progress,
-        description=description,
+        description=description, primary=ctx.primary,
     )
     return trainer.run()

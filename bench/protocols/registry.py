@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bench.registry import PROTOCOLS, RegistryError, did_you_mean
+from bench.registry import PROTOCOLS, RegistryError, unknown_name_message
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,7 +44,8 @@ class Metric:
         return new > old if self.higher_is_better else new < old
 
 
-MIOU = Metric("mIoU", "mIoU (%)")
+# One decimal, as the paper's tables and figures give mIoU.
+MIOU = Metric("mIoU", "mIoU (%)", digits=1)
 
 
 def _resolve(target: Callable | str, what: str) -> Callable:
@@ -84,6 +85,8 @@ class Protocol:
     reference_key: str | None = None
     # Extra result fields this protocol adds (documentation for the store and docs).
     result_fields: tuple[str, ...] = field(default=())
+    # Where its columns and figures come among the protocols (lower first, then by name).
+    order: int = 100
 
     @property
     def primary(self) -> Metric:
@@ -131,21 +134,53 @@ def _aliases() -> dict[str, str]:
     return out
 
 
+def _checked(name: str) -> Protocol:
+    obj = PROTOCOLS.get(name)
+    if not isinstance(obj, Protocol):
+        raise RegistryError(f"protocol {name!r} is registered as {obj!r}, not a Protocol")
+    return obj
+
+
 def get_protocol(name: str) -> Protocol:
     """The protocol called ``name`` or one of its aliases ('ft', 'linear-probe', ...)."""
     if name in PROTOCOLS:
-        return PROTOCOLS.get(name)
+        return _checked(name)
     aliases = _aliases()
     key = _key(name)
     if key in aliases:
-        return PROTOCOLS.get(aliases[key])
-    known = protocol_names()
+        return _checked(aliases[key])
     raise UnknownProtocol(
-        f"unknown protocol {name!r}; use one of {', '.join(known)}."
-        + did_you_mean(str(name), known + sorted(aliases))
+        unknown_name_message("protocol", str(name), protocol_names(),
+                             suggest=protocol_names() + sorted(aliases))
     )
 
 
 def canonical_protocol(name: str) -> str:
     """The registered name of ``name`` (an alias or the name itself)."""
     return get_protocol(name).name
+
+
+def find_protocol(name: str) -> Protocol | None:
+    """The protocol registered as exactly ``name``, or None (e.g. a stored record of a
+    protocol whose plug-in is not installed here)."""
+    return _checked(name) if name in PROTOCOLS else None
+
+
+def primary_score(protocol: str, metrics: dict[str, Any] | None) -> tuple[Metric, float | None]:
+    """The primary metric of ``protocol`` (registered name; mIoU for an unregistered one)
+    and its value in ``metrics`` (None when absent)."""
+    declared = find_protocol(protocol)
+    metric = declared.primary if declared is not None else MIOU
+    value = (metrics or {}).get(metric.key)
+    return metric, None if value is None else float(value)
+
+
+def ordered_protocols() -> list[Protocol]:
+    """Every registered protocol in declaration order (``order``, then name)."""
+    return sorted((_checked(n) for n in PROTOCOLS.names()), key=lambda p: (p.order, p.name))
+
+
+def sort_protocol_names(names: Iterable[str]) -> list[str]:
+    """``names`` (distinct) in declaration order; unregistered names last, by name."""
+    rank = {p.name: i for i, p in enumerate(ordered_protocols())}
+    return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))

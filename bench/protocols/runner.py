@@ -8,7 +8,6 @@ weights' digest show it is the same run (see :func:`run_identity`).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -23,24 +22,12 @@ from bench.diskio import atomic_write_text, check_writable_dir
 from bench.identity import IDENTITY_SCHEME, data_content, differences, matched_on, run_splits
 from bench.jsonsafe import json_safe
 from bench.protocols.checkpointing import finish_workdir, run_fingerprint
-from bench.protocols.config import (
-    IDENTITY_EXEMPT_SETTINGS,
-    PROTOCOL_VERSION,
-    SETTINGS_CLASSES,
-    FineTuneSettings,
-    ProtocolSettings,
-    canonical_protocol,
-    resolve_settings,
-)
+from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS, ProtocolSettings, resolve_settings
 from bench.protocols.context import RunContext
+from bench.protocols.registry import Protocol, get_protocol
 from bench.protocols.runtime import device_description, make_accelerator
 
 RESULT_NAME = "result.json"
-PROTOCOL_MODULES = {
-    "fine_tune": "bench.protocols.finetune",
-    "linear_probe": "bench.protocols.linear_probe",
-    "layerwise_probe": "bench.protocols.layerwise",
-}
 MODEL_KEYS = ("adapter", "size", "checkpoint", "sha256", "options")
 DATASET_KEYS = ("name", "root", "layout")
 
@@ -56,16 +43,17 @@ def _spec(given: dict[str, Any], keys: tuple[str, ...], what: str, required: tup
 
 
 def _settings(
-    proto: str, settings: ProtocolSettings | dict | None, dataset: str, model: dict
+    proto: Protocol, settings: ProtocolSettings | dict | None, dataset: str, model: dict
 ) -> ProtocolSettings:
     if isinstance(settings, ProtocolSettings):
-        if not isinstance(settings, SETTINGS_CLASSES[proto]):
+        if not isinstance(settings, proto.settings):
             raise ValueError(
-                f"{type(settings).__name__} given for protocol {proto}; expected "
-                f"{SETTINGS_CLASSES[proto].__name__}"
+                f"{type(settings).__name__} given for protocol {proto.name}; expected "
+                f"{proto.settings.__name__}"
             )
         return settings
-    return resolve_settings(proto, dataset, model["adapter"], model["size"], settings or {})
+    return resolve_settings(proto.name, dataset, model["adapter"], model["size"],
+                            settings or {})
 
 
 def _write_json(obj: dict, path: Path) -> None:
@@ -89,11 +77,14 @@ def run_identity(
     proto: str, settings: dict[str, Any], model: dict[str, Any], dataset: dict[str, Any],
     splits: list[str], seed: int,
 ) -> dict[str, Any]:
-    """Everything that decides the run's numbers; paths and names of files are not in it."""
+    """Everything that decides the run's numbers; paths and names of files are not in it.
+
+    The version is the protocol's own: bumping one protocol's version changes the
+    identity of its runs only."""
     return {
         "scheme": IDENTITY_SCHEME,
         "protocol": proto,
-        "protocol_version": PROTOCOL_VERSION,
+        "protocol_version": get_protocol(proto).version,
         "model": {"adapter": model["adapter"], "size": model["size"],
                   "weights": weights_digest(model), "options": model["options"]},
         "dataset": {"name": dataset["name"], "layout": dataset["layout"],
@@ -138,7 +129,7 @@ def run_protocol(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``protocol`` ('fine_tune', 'linear_probe', 'layerwise_probe') and return its result.
+    """Run ``protocol`` (a registered protocol's name or alias) and return its result.
 
     ``model``: adapter, size, checkpoint=None, sha256=None, options={} (adapter options,
     e.g. ``depth`` or ``last_heads``). ``dataset``: name, root, layout=None. ``settings``:
@@ -153,13 +144,14 @@ def run_protocol(
     from bench.data.check import quick_check
     from bench.trackers import finish_trackers, start_trackers
 
-    proto = canonical_protocol(protocol)
+    declared = get_protocol(protocol)
+    proto = declared.name
     workdir = Path(workdir)
     model = _spec(model, MODEL_KEYS, "model", ("adapter", "size"))
     model["options"] = dict(model["options"] or {})
     dataset = _spec(dataset, DATASET_KEYS, "dataset", ("name", "root"))
     dataset["root"] = str(dataset["root"])
-    s = _settings(proto, settings, dataset["name"], model)
+    s = _settings(declared, settings, dataset["name"], model)
     settings_dict = s.model_dump(mode="json")
     info = get_dataset_info(dataset["name"])
     # A bad folder must fail in seconds, before a model is built or a GPU is touched, and
@@ -176,7 +168,9 @@ def run_protocol(
 
     accelerator = make_accelerator(s.mixed_precision, log_dir=workdir / "logs")
     set_seed(seed)
-    drop_path = s.drop_path if isinstance(s, FineTuneSettings) else 0.0
+    # Stochastic depth is a setting of the protocols that train the backbone: a settings
+    # class with a drop_path field asks for it, the others get a backbone without.
+    drop_path = float(getattr(s, "drop_path", 0.0))
     # The method's downstream build (UNIP: uniform heads), under the user's options.
     backbone = load_backbone(
         model["adapter"], model["size"], model["checkpoint"], img_size=s.crop_size,
@@ -187,7 +181,7 @@ def run_protocol(
     ctx = RunContext(
         protocol=proto, settings=s, info=info, dataset=dataset, backbone=backbone,
         accelerator=accelerator, workdir=workdir, seed=seed, fingerprint=fingerprint,
-        progress=progress,
+        progress=progress, primary=declared.primary,
     )
     start_trackers(
         accelerator, f"{proto}-{dataset['name']}-{model['adapter']}-{model['size']}-s{seed}",
@@ -196,12 +190,12 @@ def run_protocol(
     )
     t0 = time.perf_counter()
     try:
-        out = importlib.import_module(PROTOCOL_MODULES[proto]).run(ctx)
+        out = declared.run_fn()(ctx)
     finally:
         finish_trackers(accelerator)
     result = {
         "protocol": proto,
-        "protocol_version": PROTOCOL_VERSION,
+        "protocol_version": declared.version,
         **out,
         "settings": settings_dict,
         "backbone": backbone.describe(),

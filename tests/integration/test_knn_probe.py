@@ -6,7 +6,6 @@ patch's grey level and texture, which is what separates the synthetic classes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,21 +27,12 @@ KNN: dict[str, Any] = {
 }
 
 
-def enable_knn_probe(setitem: Callable[[dict, str, Any], None]) -> None:
-    """Register the plug-in (a source checkout has not installed its entry point) and,
-    where the runner still dispatches on hard-coded tables of the paper's protocols,
-    add it to those tables through ``setitem``."""
-    from bench.protocols import config, runner
+def enable_knn_probe() -> None:
+    """Register the plug-in where its entry point is not installed (a source checkout)."""
+    from bench.registry import PROTOCOLS
 
-    register_protocol(PROTOCOL, overwrite=True)
-    modules = getattr(runner, "PROTOCOL_MODULES", None)
-    if modules is not None:
-        setitem(modules, "knn_probe", "plugins.knn_probe.probe")
-    for table, value in (("SETTINGS_CLASSES", KnnProbeSettings), ("PROTOCOL_ALIASES",
-                                                                   "knn_probe")):
-        mapping = getattr(config, table, None)
-        if mapping is not None:
-            setitem(mapping, "knn_probe", value)
+    if "knn_probe" not in PROTOCOLS:
+        register_protocol(PROTOCOL)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +46,7 @@ def knn(soda, tmp_path_factory):
     from bench.registry import PROTOCOLS
 
     installed = "knn_probe" in PROTOCOLS  # through the entry point
-    mp = pytest.MonkeyPatch()
-    enable_knn_probe(mp.setitem)
+    enable_knn_probe()
 
     def run(overrides: dict[str, Any], name: str, seed: int = 0) -> dict[str, Any]:
         wd = tmp_path_factory.mktemp(name)
@@ -65,7 +54,6 @@ def knn(soda, tmp_path_factory):
                             seed=seed, progress=False)
 
     yield run
-    mp.undo()
     if not installed:  # later tests see the registry as it was
         PROTOCOLS.unregister("knn_probe")
 

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
 
     from bench.protocols import run_protocol
 
-    enable_knn_probe(lambda table, key, value: table.__setitem__(key, value))
+    enable_knn_probe()
     run_protocol("knn_probe", MODEL, dataset(Path(root)), SETTINGS, workdir, progress=False)
     return 0
 

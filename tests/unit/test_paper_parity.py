@@ -17,10 +17,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 from bench.adapter import downstream_options, load_backbone
 from bench.models.layers import cross_entropy
-from bench.protocols.config import PROTOCOL_VERSION, resolve_settings
+from bench.protocols.config import resolve_settings
+from bench.protocols.registry import get_protocol
 from bench.suite import load_suite
 
 SUITES = Path(__file__).resolve().parents[2] / "suites"
+PROTOCOL_VERSION = get_protocol("fine_tune").version
 
 
 # ---------------------------------------------------------------- loss normalisation
@@ -187,11 +189,14 @@ def test_distill_yaml_no_is_the_choice_no() -> None:
 
 # ---------------------------------------------------------------- version
 def test_protocol_version_is_bumped_and_suites_follow() -> None:
-    assert PROTOCOL_VERSION == "2.0"
+    for name in ("fine_tune", "linear_probe", "layerwise_probe"):
+        assert get_protocol(name).version == "2.0"
     for path in SUITES.rglob("*.yaml"):
         data = yaml.safe_load(path.read_text()) or {}
-        if "protocol_version" in data:
-            assert data["protocol_version"] == PROTOCOL_VERSION, path
+        stated = data.get("protocol_versions") or {}
+        for protocol in data.get("protocols") or {}:
+            version = stated.get(protocol, data.get("protocol_version"))
+            assert version == get_protocol(protocol).version, (path, protocol)
 
 
 def test_ls_says_which_stored_runs_are_of_an_older_protocol_version(
@@ -216,4 +221,4 @@ def test_ls_says_which_stored_runs_are_of_an_older_protocol_version(
     assert main(["ls", str(suite), "--store", str(store), "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "0 done, 0 failed, 0 partial, 1 pending" in out
-    assert "1 record(s) of protocol version 1.0 for suite 't': not reused" in out
+    assert "1 record(s) of fine_tune version 1.0 for suite 't': not reused" in out

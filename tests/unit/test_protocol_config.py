@@ -1,4 +1,4 @@
-"""Protocol settings: paper defaults, per-dataset/size/adapter tables, strict overrides."""
+"""Protocol settings: paper defaults, per-dataset/size/adapter defaults, strict overrides."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pytest
 from pydantic import ValidationError
 
 from bench.protocols.config import (
-    SETTINGS_CLASSES,
     FineTuneSettings,
     LayerwiseProbeSettings,
     LinearProbeSettings,
     resolve_settings,
 )
+from bench.protocols.registry import ordered_protocols
 
 
 def test_paper_defaults():
@@ -37,8 +37,8 @@ def test_paper_defaults():
      ("scut_seg", 1700, 16800), ("SCUT-Seg", 1700, 16800)],
 )
 def test_schedule_per_dataset(dataset, warmup, iters):
-    for proto in SETTINGS_CLASSES:
-        s = resolve_settings(proto, dataset, "mae", "small", {})
+    for proto in ordered_protocols():
+        s = resolve_settings(proto.name, dataset, "mae", "small", {})
         assert (s.warmup_iters, s.iters) == (warmup, iters)
 
 
@@ -85,7 +85,7 @@ def test_unknown_keys_and_bad_values_are_errors():
 
 
 def test_every_field_is_documented():
-    for cls in SETTINGS_CLASSES.values():
+    for cls in (p.settings for p in ordered_protocols()):
         for name, field in cls.model_fields.items():
             assert field.description, f"{cls.__name__}.{name}"
 

@@ -14,8 +14,10 @@ from bench.store import (
     RunRecord,
     StoreWarning,
     append_record,
+    done_record,
     latest_by_run,
     read_records,
+    upgrade_record,
 )
 
 
@@ -100,7 +102,8 @@ def test_latest_by_run_prefers_success() -> None:
 def _writer(store: str, worker: int, n: int) -> None:
     for i in range(n):
         # ~10 kB per line: far above PIPE_BUF, so unlocked appends could interleave.
-        append_record(store, record(f"w{worker}-{i}", per_layer=[worker * 1000 + i] * 1500))
+        values = [worker * 1000 + i] * 1500
+        append_record(store, record(f"w{worker}-{i}", extra={"per_layer": values}))
 
 
 def test_concurrent_writers_lose_and_interleave_nothing(tmp_path: Path) -> None:
@@ -137,3 +140,59 @@ def test_undefined_per_class_iou_is_written_as_strict_json_null(tmp_path: Path) 
     assert stored["metrics"]["per_class_iou"] == [50.0, None]
     assert stored["metrics"]["per_class_acc"] == [60.0, None]
     assert read_records(store)[0].metrics["per_class_iou"] == [50.0, None]
+
+
+# ---------------------------------------------------------------- schema upgrades
+GOLDEN_V1 = Path(__file__).resolve().parents[1] / "golden" / "store" / "schema1-tiny.jsonl"
+
+
+def test_schema1_store_written_by_an_older_version_still_reads(tmp_path: Path) -> None:
+    """tests/golden/store/schema1-tiny.jsonl was written by the schema-1 code (a tiny
+    suite: three done runs, three failed): every record reads, per_layer and mode moved
+    under extra, and done_record finds its runs."""
+    lines = GOLDEN_V1.read_text().splitlines()
+    assert {json.loads(line)["schema_version"] for line in lines} == {1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreWarning)
+        recs = read_records(GOLDEN_V1)
+    assert [(r.protocol, r.status) for r in recs] == [
+        ("fine_tune", "done"), ("linear_probe", "done"), ("layerwise_probe", "done"),
+        ("fine_tune", "failed"), ("linear_probe", "failed"), ("layerwise_probe", "failed"),
+    ]
+    assert all(r.schema_version == STORE_SCHEMA_VERSION for r in recs)
+    raw = [json.loads(line) for line in lines]
+    lw = recs[2]
+    assert lw.per_layer == raw[2]["per_layer"] and sorted(lw.per_layer) == ["0", "1"]
+    assert recs[1].mode == raw[1]["mode"] == "on_the_fly" and recs[0].extra == {}
+    assert recs[0].metrics == raw[0]["metrics"] and recs[0].flops.total_gmacs > 0
+    copy = tmp_path / "results.jsonl"
+    copy.write_text(GOLDEN_V1.read_text())
+    assert done_record(copy, recs[2].run_id) == lw
+    # A new record goes after the old ones in the current schema; both read back.
+    append_record(copy, record("new", extra={"lr_sweep": [{"lr": 1e-3}], "knn_k": 20}))
+    both = read_records(copy)
+    assert len(both) == 7 and both[-1].extra == {"lr_sweep": [{"lr": 1e-3}], "knn_k": 20}
+    assert json.loads(copy.read_text().splitlines()[-1])["schema_version"] == 2
+
+
+def test_upgrade_steps_and_unknown_schemas() -> None:
+    v1 = {**record("a"), "schema_version": 1, "per_layer": {"0": {"mIoU": 1.0}},
+          "mode": "cached"}
+    v2 = upgrade_record(v1)
+    assert v2["schema_version"] == 2 and "per_layer" not in v2 and "mode" not in v2
+    assert v2["extra"] == {"per_layer": {"0": {"mIoU": 1.0}}, "mode": "cached"}
+    assert upgrade_record(v2) == v2  # the current schema is left as it is
+    assert upgrade_record({**record("b"), "schema_version": 1})["extra"] == {}
+    for version in (0, 3, None, "1"):
+        with pytest.raises(ValueError, match=f"store schema {version!r}"):
+            upgrade_record({**record("c"), "schema_version": version})
+
+
+def test_a_protocols_own_fields_are_kept_without_the_store_knowing_them(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "r.jsonl"
+    extra = {"per_layer": {"3": {"mIoU": 5.0}}, "best_layer": 3, "neighbours": [1, 2]}
+    append_record(store, record("a", protocol="knn_probe", extra=extra))
+    (rec,) = read_records(store)
+    assert rec.extra == extra and rec.per_layer == {"3": {"mIoU": 5.0}} and rec.mode is None

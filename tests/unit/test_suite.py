@@ -125,7 +125,8 @@ def test_dataset_without_schedule_needs_iters(tmp_path: Path) -> None:
     from bench.registry import DATASETS
 
     list_datasets()
-    DATASETS.register("my_ir", replace(get_dataset_info("soda"), name="my_ir"))
+    DATASETS.register("my_ir", replace(get_dataset_info("soda"), name="my_ir",
+                                            protocol_defaults={}))
     try:
         text = VALID.replace("name: soda", "name: my_ir").replace(
             "  fine_tune: {iters: 10, warmup_iters: 2}\n", "")
@@ -238,3 +239,38 @@ def test_misspelt_choice_gets_a_suggestion(tmp_path: Path) -> None:
     (msg,) = problems(write(tmp_path, text))
     assert ":12: protocols.fine_tune.inference: Input should be 'slide' or 'whole' " \
         "(got 'slid'). Did you mean 'slide'?" in msg
+
+
+# ---------------------------------------------------------------- protocol versions
+@pytest.mark.parametrize(
+    ("old", "new", "line", "expected"),
+    [
+        ('protocol_version: "2.0"', "description: no version", 12,
+         "protocols.fine_tune: no version stated for protocol fine_tune; add "
+         'protocol_version: "2.0"'),
+        ('protocol_version: "2.0"', 'protocol_versions: {fine_tun: "2.0"}', 2,
+         "protocol_versions.fine_tun: unknown protocol 'fine_tun'"),
+        ('protocol_version: "2.0"', 'protocol_versions: {ft: "2.0"}', 2,
+         "protocol_versions.ft: write the protocol as 'fine_tune'"),
+        ('protocol_version: "2.0"',
+         'protocol_version: "2.0"\nprotocol_versions: {linear_probe: "1.0"}', 3,
+         "protocol_versions.linear_probe: the suite was written for linear_probe version "
+         "'1.0', this unip-bench implements '2.0'"),
+    ],
+)
+def test_protocol_version_problems_name_the_key(
+    tmp_path: Path, old: str, new: str, line: int, expected: str
+) -> None:
+    p = write(tmp_path, VALID.replace(old, new))
+    msgs = problems(p)
+    assert any(m.startswith(f"{p}:{line}: {expected}") for m in msgs), msgs
+
+
+def test_per_protocol_versions_replace_or_refine_the_shared_one(tmp_path: Path) -> None:
+    both = 'protocol_versions: {fine_tune: "2.0", linear_probe: "2.0"}'
+    suite = load_suite(write(tmp_path, VALID.replace('protocol_version: "2.0"', both)))
+    assert suite.spec.protocol_version is None
+    assert suite.spec.protocol_versions == {"fine_tune": "2.0", "linear_probe": "2.0"}
+    # One protocol named, the others through protocol_version.
+    mixed = 'protocol_version: "2.0"\nprotocol_versions: {fine_tune: "2.0"}'
+    assert load_suite(write(tmp_path, VALID.replace('protocol_version: "2.0"', mixed)))

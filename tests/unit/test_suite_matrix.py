@@ -10,7 +10,7 @@ import pytest
 
 from bench.checkpoint import DigestCache
 from bench.matrix import expand
-from bench.suite import load_suite
+from bench.suite import SuiteError, load_suite
 
 SUITE = """\
 suite: {name}
@@ -62,17 +62,37 @@ def test_ids_are_stable_and_ignore_labels_paths_and_suite_name(tmp_path: Path) -
     assert renamed == base
 
 
-def test_ids_change_with_settings_seed_and_version(tmp_path: Path, monkeypatch) -> None:
+def test_ids_change_with_settings_seed_and_version(tmp_path: Path) -> None:
     base = ids(suite_file(tmp_path))
     changed = ids(suite_file(tmp_path, iters=11))
     # fine-tuning runs change, linear-probing runs do not
     assert [a != b for a, b in zip(base, changed, strict=True)][:4] == [True, True, False, False]
-    import bench.protocols.config as config
 
-    monkeypatch.setattr(config, "PROTOCOL_VERSION", "9.9")
-    p = suite_file(tmp_path)
-    p.write_text(p.read_text().replace('"2.0"', '"9.9"'))
-    assert not set(ids(p)) & set(base)
+
+def test_bumping_one_protocols_version_changes_only_its_run_ids(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from bench.protocols.registry import get_protocol, register_protocol
+
+    base = expand(load_suite(suite_file(tmp_path)))
+    original = get_protocol("fine_tune")
+    register_protocol(replace(original, version="9.9"), overwrite=True)
+    try:
+        p = suite_file(tmp_path)
+        with pytest.raises(SuiteError, match="implements fine_tune '9.9'"):
+            load_suite(p)
+        p.write_text(p.read_text().replace(
+            'protocol_version: "2.0"',
+            'protocol_versions: {fine_tune: "9.9", linear_probe: "2.0"}'))
+        bumped = expand(load_suite(p))
+    finally:
+        register_protocol(original, overwrite=True)
+    assert [r.label for r in bumped] == [r.label for r in base]
+    for old, new in zip(base, bumped, strict=True):
+        if old.protocol == "fine_tune":
+            assert new.run_id != old.run_id and new.protocol_version == "9.9"
+        else:
+            assert new.run_id == old.run_id and new.protocol_version == "2.0"
 
 
 def test_ids_ignore_what_a_run_keeps_on_disk(tmp_path: Path) -> None:

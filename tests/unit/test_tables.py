@@ -113,7 +113,18 @@ def test_mixed_versions_refused_unless_allowed(store: Path) -> None:
     with pytest.raises(MixedVersionsError, match="protocol versions 1.0, 2.0"):
         select_records(read_records(store), suite="fixture")
     recs = select_records(read_records(store), suite="fixture", allow_mixed_versions=True)
-    assert "protocol version 1.0, 2.0" in render(build_leaderboard(recs), "md")
+    assert "protocol versions: FT 1.0, 2.0; LP 1.0" in render(build_leaderboard(recs), "md")
+
+
+def test_protocols_of_different_versions_share_a_table(store: Path) -> None:
+    """Versions are per protocol: LP at 2.0 beside FT at 1.0 is not a mix."""
+    recs = [RunRecord.model_validate({**r, "suite": "v", "protocol_version": "2.0"})
+            for r in fixture_records() if r["protocol"] == "linear_probe"]
+    recs += [RunRecord.model_validate({**r, "suite": "v"})
+             for r in fixture_records() if r["protocol"] == "fine_tune"]
+    chosen = select_records(recs, suite="v")
+    assert len(chosen) == len(recs)
+    assert "protocol versions: FT 1.0; LP 2.0" in build_leaderboard(chosen).notes
 
 
 def test_two_runs_of_one_seed_are_not_averaged_as_two_seeds(store: Path) -> None:
@@ -145,9 +156,23 @@ def test_layerwise_best_layer_column() -> None:
     recs = [RunRecord.model_validate({
         **fixture_records()[0], "run_id": f"lw{seed}", "protocol": "layerwise_probe",
         "dataset": "ade20k", "seed": seed,
-        "per_layer": {str(i): {"mIoU": float(i == 7) * 30 + i + seed} for i in range(12)},
+        "extra": {"per_layer": {str(i): {"mIoU": float(i == 7) * 30 + i + seed}
+                            for i in range(12)}},
     }) for seed in (0, 1)]
     lb = build_leaderboard(recs)
     cell = lb.rows[0].cells["layerwise_probe:ade20k"]
     assert cell.mean == pytest.approx(37.5) and cell.note == "L8"
     assert "37.5 ± 0.7 (L8)" in render(lb, "md")
+
+
+def test_records_of_an_older_store_schema_show_in_tables() -> None:
+    """The golden schema-1 store (written before records kept protocol fields under
+    ``extra``) still makes a leaderboard: FT, LP and the layer-wise best block."""
+    store = GOLDEN / "store" / "schema1-tiny.jsonl"
+    board = build_leaderboard(select_records(read_records(store), suite="tiny"))
+    assert [c.title for c in board.columns] == [
+        "FT soda", "LP soda", "LW best soda", "GFLOPs", "Params (M)"]
+    (row,) = board.rows
+    assert row.label == "mae-T †" and row.cells["layerwise_probe:soda"].note.startswith("L")
+    assert row.cells["linear_probe:soda"].mean is not None
+    assert "protocol version 2.0" in render(board, "md")

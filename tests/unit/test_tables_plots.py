@@ -102,13 +102,14 @@ def test_layerwise_curves_one_png_per_dataset(tmp_path: Path, drawn) -> None:
     base = fixture_records()[0]
     recs = [RunRecord.model_validate({
         **base, "run_id": f"{name}{ds}", "protocol": "layerwise_probe", "dataset": ds,
-        "model_name": name, "per_layer": {str(i): {"mIoU": i * k} for i in range(12)},
+        "model_name": name, "extra": {"per_layer": {str(i): {"mIoU": i * k} for i in range(12)}},
     }) for name, k in (("mae", 1.0), ("unip", 2.0)) for ds in ("ade20k", "nyuv2_depth")]
     written = plot_layerwise(recs, tmp_path)
-    assert [p.name for p in written] == ["layerwise_ade20k.png", "layerwise_nyuv2_depth.png"]
+    assert [p.name for p in written] == ["layerwise_probe_ade20k.png",
+                                        "layerwise_probe_nyuv2_depth.png"]
     assert all(p.read_bytes()[:8] == PNG for p in written)
     for ds in ("ade20k", "nyuv2_depth"):
-        fig = drawn[f"layerwise_{ds}.png"]
+        fig = drawn[f"layerwise_probe_{ds}.png"]
         assert fig["title"] == f"Layer-wise linear probing: {ds}"
         assert (fig["xlabel"], fig["ylabel"]) == ("block (1-based)", "mIoU (%)")
         assert fig["legend"] == ["mae-T", "unip-T"]  # the base record is a ViT-T

@@ -1,0 +1,63 @@
+"""Run ids of the built-in protocols are those the code made before protocols declared
+their own versions: a store of finished runs stays reused.
+
+tests/golden/store/schema1-tiny.jsonl was written by that code for the suite below
+(synthetic data from a fixed seed): expanding the same suite now must give the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from bench.matrix import expand, run_id_of
+from bench.runner import prepare_datasets
+from bench.suite import load_suite
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "store" / "schema1-tiny.jsonl"
+
+TINY = """\
+suite: tiny
+protocol_version: "2.0"
+datasets:
+  - {{name: soda, root: {root}, synthetic: {{train: 4, test: 2, size: 32, seed: 0}}}}
+models:
+  - {{adapter: mae, size: T, options: {{depth: 2}}}}
+  - {{name: broken, adapter: deit, size: T, checkpoint: {root}/../missing.pth,
+     options: {{depth: 2}}}}
+protocols:
+  fine_tune:
+    <<: &tiny {{iters: 4, warmup_iters: 1, batch_size: 2, num_workers: 0, crop_size: 32,
+               scale: [48, 32], inference: whole, eval_interval: 0, checkpoint_interval: 2,
+               layers: [0, 1, 1, 1]}}
+    head_channels: 16
+    aux_channels: 8
+  linear_probe:
+    <<: *tiny
+  layerwise_probe:
+    <<: *tiny
+    layers: all
+seeds: [0]
+"""
+
+
+def test_builtin_run_ids_are_unchanged(tmp_path: Path) -> None:
+    stored = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    # The stored ids are the hashes of the stored identities (of version 2.0) ...
+    for rec in stored:
+        assert run_id_of(rec["config"]["identity"]) == rec["run_id"]
+        assert rec["config"]["identity"]["protocol_version"] == "2.0"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(TINY.format(root=tmp_path / "data" / "soda")))
+    suite = load_suite(path)
+    prepare_datasets(expand(suite, data=False), log=lambda _m: None)
+    runs = expand(suite)
+    # ... and the same suite on the same data gives them again. The broken model's
+    # checkpoint path differs (its identity names the missing path), so only the runs
+    # of the model without a checkpoint are compared.
+    mine = [r for r in runs if r.checkpoint is None]
+    theirs = [rec for rec in stored if rec["checkpoint"] is None]
+    assert [(r.protocol, r.run_id) for r in mine] == [
+        (rec["protocol"], rec["run_id"]) for rec in theirs]
+    assert {r.protocol_version for r in runs} == {"2.0"}
