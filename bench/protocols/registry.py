@@ -16,16 +16,9 @@ import importlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench.registry import PROTOCOLS, RegistryError, unknown_name_message
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from bench.backbone import Backbone
-    from bench.protocols.config import ProtocolSettings
-    from bench.protocols.context import RunContext
 
 
 @dataclass(frozen=True)
@@ -71,9 +64,9 @@ class Protocol:
 
     name: str
     version: str
-    settings: type[ProtocolSettings]
-    run: Callable[[RunContext], dict[str, Any]] | str
-    evaluated_model: Callable[[Any, Backbone, int], nn.Module] | str | None = None
+    settings: type  # a bench.protocols.config.ProtocolSettings subclass
+    run: Callable[..., dict[str, Any]] | str  # run(ctx: RunContext) -> result part
+    evaluated_model: Callable[..., Any] | str | None = None  # (settings, backbone, classes)
     short: str = ""  # column prefix in tables ("FT"); defaults to the name
     title: str = ""  # plot titles ("Fine-tuning"); defaults to the name
     description: str = ""
@@ -97,10 +90,10 @@ class Protocol:
     def label(self) -> str:
         return self.short or self.name
 
-    def run_fn(self) -> Callable[[RunContext], dict[str, Any]]:
+    def run_fn(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.run, f"protocol {self.name!r} run")
 
-    def model_fn(self) -> Callable[[Any, Backbone, int], nn.Module] | None:
+    def model_fn(self) -> Callable[..., Any] | None:
         if self.evaluated_model is None:
             return None
         return _resolve(self.evaluated_model, f"protocol {self.name!r} evaluated_model")
