@@ -20,7 +20,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from bench.adapter import SIZE_LETTER, canonical_size
+from bench.adapter import get_adapter, size_letter
 from bench.suite import Suite
 
 RUN_ID_CHARS = 16
@@ -50,7 +50,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        model = f"{self.model_name}-{SIZE_LETTER[self.size]}"
+        model = f"{self.model_name}-{size_letter(self.size, self.adapter)}"
         return f"{model}/{self.dataset}/{self.protocol}/s{self.seed}"
 
     def config(self) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def expand(suite: Suite, hash_cache: HashCache | None = None, data: bool = True)
     contents: dict[tuple[int, tuple[str, ...]], dict[str, str] | None] = {}
     runs: list[Run] = []
     for mi, m in enumerate(spec.models):
-        size = canonical_size(m.size)
+        size = get_adapter(m.adapter).canonical_size(m.size)
         ckpt, weights = checkpoint_identity(m.checkpoint, m.sha256, cache)
         for di, d in enumerate(spec.datasets):
             synthetic = d.synthetic.model_dump() if d.synthetic else None

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.adapter import SIZE_LETTER
+from bench.adapter import size_letter
 from bench.store import RunRecord
 from bench.tables import PROTOCOL_SHORT, SIZE_ORDER, layer_curve
 
@@ -67,13 +67,14 @@ def plot_miou_vs_flops(records: Sequence[RunRecord], out_dir: str | Path) -> lis
         n_data = len({r.dataset for r in records if r.protocol == protocol})
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
         random_init = {r.model_name for r in records if r.random_init}
+        adapter_of = {r.model_name: r.adapter for r in records}
         for method, pts in sorted(series.items()):
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             label = f"{method} (random init)" if method in random_init else method
             ax.plot(xs, ys, marker="o", label=label)
             for x, y, size in pts:
-                ax.annotate(SIZE_LETTER.get(size, size), (x, y), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
+                ax.annotate(size_letter(size, adapter_of.get(method)), (x, y),
+                            textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("GFLOPs (multiply-adds, backbone + decode head)")
         ax.set_ylabel(f"mIoU (%), average over {n_data} dataset(s)")
@@ -93,7 +94,7 @@ def plot_layerwise(records: Sequence[RunRecord], out_dir: str | Path) -> list[Pa
         for r in recs:
             if r.dataset != dataset:
                 continue
-            label = f"{r.model_name}-{SIZE_LETTER.get(r.size, r.size)}"
+            label = f"{r.model_name}-{size_letter(r.size, r.adapter)}"
             for layer, v in layer_curve(r.per_layer):
                 curves.setdefault(label, {}).setdefault(layer, []).append(v)
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from bench.adapter import SIZE_LETTER
+from bench.adapter import size_letter
 from bench.store import RunRecord, latest_by_run
 
 PROTOCOL_SHORT = {"fine_tune": "FT", "linear_probe": "LP", "layerwise_probe": "LW"}
@@ -67,11 +67,16 @@ class Row:
     random_init: bool
     cells: dict[str, Cell] = field(default_factory=dict)
     cost_basis: tuple | None = None  # how its GFLOPs were counted, for the notes
+    adapter: str | None = None  # whose sizes ``size`` is one of (its letter in tables)
+
+    @property
+    def letter(self) -> str:
+        return size_letter(self.size, self.adapter)
 
     @property
     def label(self) -> str:
         mark = f" {RANDOM_INIT_MARK}" if self.random_init else ""
-        return f"{self.method}-{SIZE_LETTER.get(self.size, self.size)}{mark}"
+        return f"{self.method}-{self.letter}{mark}"
 
 
 @dataclass
@@ -168,7 +173,7 @@ def _refuse_conflicts(records: Sequence[RunRecord]) -> None:
     if not clashes:
         return
     lines = [
-        f"{a.model_name}-{SIZE_LETTER.get(a.size, a.size)} {a.dataset} {a.protocol} "
+        f"{a.model_name}-{size_letter(a.size, a.adapter)} {a.dataset} {a.protocol} "
         f"seed {a.seed}: runs {a.run_id} (suite {a.suite}) and {b.run_id} (suite {b.suite})"
         for a, b in clashes[:3]
     ]
@@ -221,7 +226,8 @@ def build_leaderboard(
 
     rows = []
     for (method, size), recs in groups.items():
-        row = Row(method, size, random_init=any(r.random_init for r in recs))
+        row = Row(method, size, random_init=any(r.random_init for r in recs),
+                  adapter=recs[0].adapter)
         for p in protocols:
             _fill_protocol(row, p, [r for r in recs if r.protocol == p], datasets)
             # A random-init row is not the published model: no paper value beside it.
@@ -272,7 +278,7 @@ def _fill_protocol(row: Row, p: str, recs: list[RunRecord], datasets: list[str])
 
 def _fill_reference(row: Row, p: str, reference: dict[str, Any]) -> None:
     table = reference.get(REFERENCE_KEYS[p], {}) or {}
-    published = (table.get(row.method.lower()) or {}).get(SIZE_LETTER.get(row.size, row.size))
+    published = (table.get(row.method.lower()) or {}).get(row.letter)
     if published is None:
         return
     row.cells[f"{p}:ref"] = Cell(float(published), None, 1)
@@ -403,7 +409,7 @@ def _render_csv(lb: Leaderboard) -> str:
         header += [c.key, f"{c.key}:std", f"{c.key}:n"] if c.kind == "miou" else [c.key]
     w.writerow(header)
     for r in lb.rows:
-        line: list[Any] = [r.method, SIZE_LETTER.get(r.size, r.size), int(r.random_init)]
+        line: list[Any] = [r.method, r.letter, int(r.random_init)]
         for c in lb.columns:
             cell = r.cells.get(c.key) or Cell(None)
             line.append("" if cell.mean is None else round(cell.mean, 4))
