@@ -100,8 +100,9 @@ def build_student(
     adapter = get_adapter("unip")
     try:  # the sizes the UNIP adapter declares are the students'
         size = adapter.canonical_size(size)
-    except AdapterError as exc:
-        raise ValueError(f"UNIP students are the UNIP adapter's sizes: {exc}") from None
+    except AdapterError:
+        letters = "/".join(s.letter for s in adapter.sizes)
+        raise ValueError(f"UNIP students are ViT-{letters}; got size {size!r}") from None
     vit = adapter.build_vit(size, img_size, drop_path_rate=0.0, depth=depth)
     vit = replace_last_attention(vit, int(last_heads))
     set_constant_drop_path(vit, drop_path_rate)
