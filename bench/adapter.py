@@ -316,6 +316,10 @@ class Adapter:
         kwargs.update(overrides)
         return VisionTransformer(**kwargs)
 
+    def normalisation(self, size: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std of the images ``size``'s weights were trained on."""
+        return self.mean, self.std
+
     def resample_pos_embed(
         self, pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int
     ) -> torch.Tensor:
@@ -585,7 +589,8 @@ def load_backbone(
     check_options(adapter, options)
     size = adapter.canonical_size(size)
     img = as_pair(img_size)
-    context: dict[str, Any] = {"adapter": adapter.name, "size": size, **options}
+    context: dict[str, Any] = {"adapter": adapter.name, "size": size, "img_size": img, **options}
+    mean, std = adapter.normalisation(size)
     meta = BackboneMeta(adapter=adapter.name, size=size)
     build_kwargs: dict[str, Any] = {k: v for k, v in options.items() if k in ("patch_size",)}
     build_kwargs["depth"] = options.get("depth")
@@ -597,7 +602,7 @@ def load_backbone(
     if checkpoint is None:
         vit = build()
         meta.extra.update(context.get("meta_extra", {}))
-        return Backbone(vit, meta, mean=adapter.mean, std=adapter.std).eval()
+        return Backbone(vit, meta, mean=mean, std=std).eval()
 
     path, digest = resolve_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
     raw, file_meta = read_checkpoint(path)
@@ -631,7 +636,10 @@ def load_backbone(
         # DeiT III-style tables (no_embed_class) hold no entries for prefix tokens.
         n_prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
         side = int(round((ckpt_pos.shape[1] - n_prefix) ** 0.5))
-        meta.pretrain_img_size = side * vit.patch_embed.patch_size[0]
+        # (A format that resamples the table itself records the file's size first.)
+        meta.pretrain_img_size = int(
+            context.get("pretrain_img_size", side * vit.patch_embed.patch_size[0])
+        )
         try:
             grid = tuple(vit.patch_embed.grid_size)
             state["pos_embed"] = adapter.resample_pos_embed(ckpt_pos, grid, n_prefix)
@@ -642,4 +650,4 @@ def load_backbone(
             ) from None
     _assign_state(vit, state)
     meta.extra.update(context.get("meta_extra", {}))
-    return Backbone(vit, meta, mean=adapter.mean, std=adapter.std).eval()
+    return Backbone(vit, meta, mean=mean, std=std).eval()
