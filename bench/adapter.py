@@ -320,13 +320,6 @@ class Adapter:
         """Mean and std of the images ``size``'s weights were trained on."""
         return self.mean, self.std
 
-    def resample_pos_embed(
-        self, pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int
-    ) -> torch.Tensor:
-        """The checkpoint's position table for the model's patch ``grid`` (bicubic, as timm
-        resamples it); a method whose own code interpolates differently overrides this."""
-        return resample_pos_embed(pos_embed, grid, num_prefix_tokens)
-
     def customise(self, vit: nn.Module, context: dict) -> nn.Module:
         """Hook for method-specific architecture changes (UNIP's last block)."""
         return vit
@@ -642,7 +635,7 @@ def load_backbone(
         )
         try:
             grid = tuple(vit.patch_embed.grid_size)
-            state["pos_embed"] = adapter.resample_pos_embed(ckpt_pos, grid, n_prefix)
+            state["pos_embed"] = resample_pos_embed(ckpt_pos, grid, n_prefix)
         except AdapterError as exc:
             raise AdapterError(
                 f"checkpoint {checkpoint} does not fit adapter {adapter.name!r} "
