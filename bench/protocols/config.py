@@ -348,10 +348,10 @@ def dataset_key(name: str) -> str:
     return DATASET_ALIASES.get(key, key)
 
 
-def _size_key(size: str) -> str:
+def _size_key(size: str, adapter: str) -> str:
     from bench.adapter import canonical_size
 
-    return canonical_size(size)
+    return canonical_size(size, adapter)  # the adapter's own sizes (DINOv2's g ...)
 
 
 def resolve_settings(
@@ -372,7 +372,7 @@ def resolve_settings(
     values: dict[str, Any] = {}
     for layer in (
         DATASET_DEFAULTS.get(dataset_key(dataset), {}),
-        SIZE_DEFAULTS.get(_size_key(size), {}).get(proto, {}),
+        SIZE_DEFAULTS.get(_size_key(size, adapter), {}).get(proto, {}),
         ADAPTER_DEFAULTS.get(str(adapter).lower(), {}).get(proto, {}),
     ):
         values.update({k: v for k, v in layer.items() if k in fields})
