@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from bench.adapter import AdapterError, get_adapter, load_backbone
+from bench.backbone import Backbone, BackboneMeta
 from bench.flops import count_macs
 from bench.models.vit_extras import add_finetune_extras, add_rel_pos_bias
 
@@ -173,3 +174,29 @@ def test_bad_names_and_checkpoints_are_explained(tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     with pytest.raises(AdapterError, match="does not fit adapter 'timm'.*missing keys"):
         load_backbone("timm", NAME, path)
+
+
+def test_separate_q_k_v_projections_give_the_same_logits_by_hand() -> None:
+    """EvaAttention with q_proj/k_proj/v_proj (qkv_fused=False): q has a bias, k none."""
+    torch.manual_seed(1)
+    model = timm.create_model(NAME, pretrained=False, num_classes=0, depth=2, qkv_fused=False,
+                              dynamic_img_size=True).eval()
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.q_proj.bias.normal_(0, 0.5)
+    bb = Backbone(model, BackboneMeta(adapter="timm", size=NAME))
+    x = torch.randn(1, 3, 84, 70)
+    with torch.no_grad():
+        (ours,) = bb.attention(x, [1], logits=True)
+        tokens, rope = model._pos_embed(model.patch_embed(x))
+        h = model.blocks[1].norm1(model.blocks[0](tokens, rope=rope))
+        attn = model.blocks[1].attn
+        q = h @ attn.q_proj.weight.T + attn.q_proj.bias
+        k = h @ attn.k_proj.weight.T
+        q, k = (t.reshape(1, -1, HEADS, DIM // HEADS).transpose(1, 2) for t in (q, k))
+        sin, cos = model.rope.get_embed(shape=(6, 5)).chunk(2, dim=-1)
+        for t in (q, k):
+            t[:, :, 1:] = t[:, :, 1:] * cos + _rotate_pairs(t[:, :, 1:]) * sin
+        want = q @ k.transpose(-2, -1) / (DIM // HEADS) ** 0.5
+    assert attn.k_proj.bias is None
+    torch.testing.assert_close(ours, want, rtol=1e-4, atol=1e-4)

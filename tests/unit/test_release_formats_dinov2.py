@@ -110,6 +110,7 @@ def test_sizes_are_the_releases() -> None:
     assert adapter.size("vit_l").patch_size == 14
     # ViT-L's protocol defaults come with the size, whichever adapter declares it.
     assert adapter.protocol_defaults("fine_tune", "L")["layers"] == [7, 11, 15, 23]
+    assert adapter.protocol_defaults("linear_probe", "g") == {"layers": [12, 19, 26, 39]}
     with pytest.raises(AdapterError, match="unknown ViT size 'T' for adapter 'dinov2'"):
         adapter.size("T")
 
