@@ -9,8 +9,9 @@ checkpoint from another method fails loudly instead of loading half its weights.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,13 +216,24 @@ class ProtocolDefaults(Mapping[str, Mapping[str, Any]]):
     """
 
     def __init__(self, table: Mapping[str, Mapping[str, Any]], adapter: Adapter) -> None:
-        self._table = {str(k): dict(v) for k, v in dict(table or {}).items()}
+        if not isinstance(table, Mapping):
+            raise AdapterError(
+                f"adapter {adapter.name!r}: protocol_defaults must map protocol names to "
+                f"settings, got a {type(table).__name__}"
+            )
+        for key, value in table.items():
+            if not isinstance(value, Mapping):
+                raise AdapterError(
+                    f"adapter {adapter.name!r}: protocol_defaults[{key!r}] must be a mapping "
+                    f"of settings, got a {type(value).__name__}"
+                )
+        self._table = {str(k): dict(v) for k, v in table.items()}
         self._adapter = adapter
 
     def __getitem__(self, protocol: str) -> Mapping[str, Any]:
         return self._table[protocol]
 
-    def __iter__(self):  # noqa: ANN204 - Mapping's signature
+    def __iter__(self) -> Iterator[str]:
         return iter(self._table)
 
     def __len__(self) -> int:
@@ -234,7 +246,7 @@ class ProtocolDefaults(Mapping[str, Mapping[str, Any]]):
         spec = self._adapter.size(size)
         merged = dict(spec.protocol_defaults.get(protocol, {}))
         merged.update(self._table.get(protocol, {}))
-        return merged
+        return copy.deepcopy(merged)  # the caller's to change (lists of blocks ...)
 
 
 @dataclass

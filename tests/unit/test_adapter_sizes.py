@@ -89,6 +89,18 @@ def test_protocol_defaults_merge_size_then_adapter(huge_only) -> None:
     assert mae.protocol_defaults("fine_tune", "B") == {}
 
 
+def test_malformed_protocol_defaults_are_named() -> None:
+    with pytest.raises(AdapterError, match=r"adapter 'bad': protocol_defaults\['fine_tune'\] "
+                       "must be a mapping of settings, got a list"):
+        Adapter(name="bad", description="", formats=(), protocol_defaults={"fine_tune": [1]})
+
+
+def test_returned_defaults_are_the_callers_to_change() -> None:
+    mae = get_adapter("mae")
+    mae.protocol_defaults("fine_tune", "L")["layers"].append(99)
+    assert mae.protocol_defaults("fine_tune", "L")["layers"] == [7, 11, 15, 23]
+
+
 def test_a_plug_in_size_needs_no_core_edit(huge_only) -> None:
     bb = load_backbone("huge_method", "vit-h", None, img_size=28, depth=1)
     assert (bb.embed_dim, bb.patch_size, bb.num_heads, bb.meta.size) == (1280, 14, [16], "huge")
