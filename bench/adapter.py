@@ -582,9 +582,11 @@ def load_backbone(
     training code (the fine-tuning protocol) asks for its ``drop_path_rate`` and calls
     ``train()`` itself.
 
-    ``checkpoint`` is a local file (.pth/.pt/.bin/.safetensors), a Hugging Face export
-    directory, an ``https://`` URL (cached, sha256-verified when ``sha256`` is given) or
-    None for random initialisation (recorded in ``backbone.meta.random_init``).
+    ``img_size`` sides are rounded up to a multiple of the patch size, as the
+    segmentors pad their inputs. ``checkpoint`` is a local file (.pth/.pt/.bin/
+    .safetensors), a Hugging Face export directory, an ``https://`` URL (cached,
+    sha256-verified when ``sha256`` is given) or None for random initialisation
+    (recorded in ``backbone.meta.random_init``).
     Extra ``options`` go to the adapter (e.g. ``last_heads`` for UNIP, ``depth`` for
     shallow test models).
     """
@@ -593,7 +595,11 @@ def load_backbone(
     adapter = get_adapter(name)
     check_options(adapter, options)
     size = adapter.canonical_size(size)
-    img = as_pair(img_size)
+    # The model is built for the grid its inputs will have: the segmentors pad images to
+    # the patch, so a 512 crop is a 37x37 grid at patch 14 (not 36x36, which would make
+    # every forward resample the position table once more).
+    patch = int(options.get("patch_size") or adapter.size(size).patch_size)
+    img = tuple(-(-side // patch) * patch for side in as_pair(img_size))
     context: dict[str, Any] = {"adapter": adapter.name, "size": size, "img_size": img, **options}
     mean, std = adapter.normalisation(size)
     meta = BackboneMeta(adapter=adapter.name, size=size)

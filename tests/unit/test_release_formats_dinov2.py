@@ -120,3 +120,17 @@ def test_wrong_size_is_explained(files) -> None:
         load_backbone("dinov2", "S", files["dinov2_vitg14_reg4_first_block"], depth=1)
     with pytest.raises(AdapterError, match="embed dim is 384.*ViT-S"):
         load_backbone("dinov2", "B", files["dinov2_vits14_pretrain"])
+
+
+def test_a_512_crop_is_the_releases_37x37_grid(files) -> None:
+    """Segmentors pad a 512 crop to 518 px: the backbone is built for that grid, so the
+    release's table is used as it is, and FLOPs are counted on the padded input."""
+    from bench.flops import backbone_flops
+
+    state = release_tensors(load_manifest("dinov2_vits14_pretrain"))
+    bb = load_backbone("dinov2", "S", files["dinov2_vits14_pretrain"], img_size=512)
+    assert tuple(bb.vit.patch_embed.grid_size) == (37, 37)
+    assert torch.equal(bb.vit.pos_embed.detach(), state["pos_embed"])
+    shallow = load_backbone("dinov2", "S", None, img_size=512, depth=1)
+    padded, _ = backbone_flops(shallow, 518)
+    assert backbone_flops(shallow, 512)[0].total == padded.total
