@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from bench.adapter import VIT_SIZES, AdapterError, CheckpointFormat, StateDict
+from bench.adapter import AdapterError, CheckpointFormat, StateDict, get_adapter
 
 # Classification heads and pooling norms that a backbone does not use.
 HEAD_KEYS = (r"^head\.", r"^head_dist\.", r"^fc_norm\.")
@@ -53,16 +53,16 @@ _QKV_RE = re.compile(r"^(blocks\.\d+\.attn)\.(query|key|value)\.(weight|bias)$")
 def _check_geometry(context: dict) -> None:
     """The export's width and heads must be the requested size's, or say which size it is."""
     config = context["file_metadata"]["config"]
-    size = context["size"]
-    want = VIT_SIZES[size]
+    adapter = get_adapter(context["adapter"])
+    want = adapter.size(context["size"])
     got = (int(config["hidden_size"]), int(config["num_attention_heads"]))
-    if got != (want["embed_dim"], want["num_heads"]):
-        fits = [s for s, g in VIT_SIZES.items() if (g["embed_dim"], g["num_heads"]) == got]
+    if got != (want.embed_dim, want.num_heads):
+        fits = [s.name for s in adapter.sizes if (s.embed_dim, s.num_heads) == got]
         hint = f"; it is a ViT-{fits[0]} export, pass size={fits[0]!r}" if fits else ""
         raise AdapterError(
             f"Hugging Face export {context['file_metadata']['weights_file']} has hidden_size "
-            f"{got[0]} and {got[1]} heads, but size {size!r} means {want['embed_dim']} and "
-            f"{want['num_heads']}{hint}"
+            f"{got[0]} and {got[1]} heads, but size {want.name!r} means {want.embed_dim} and "
+            f"{want.num_heads}{hint}"
         )
 
 

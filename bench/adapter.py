@@ -9,8 +9,9 @@ checkpoint from another method fails loudly instead of loading half its weights.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,43 +49,100 @@ def check_options(adapter: Adapter, options: dict[str, Any]) -> None:
             )
 
 
-# ViT geometry by size (patch 16). Depth 24 for L.
-VIT_SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
-    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
-    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
-    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
-}
-SIZE_ALIASES = {
-    "t": "tiny",
-    "tiny": "tiny",
-    "vit-t": "tiny",
-    "vit_t": "tiny",
-    "s": "small",
-    "small": "small",
-    "vit-s": "small",
-    "vit_s": "small",
-    "b": "base",
-    "base": "base",
-    "vit-b": "base",
-    "vit_b": "base",
-    "l": "large",
-    "large": "large",
-    "vit-l": "large",
-    "vit_l": "large",
-}
-SIZE_LETTER = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
+@dataclass(frozen=True)
+class SizeSpec:
+    """One model size an adapter declares: its geometry, its names and its defaults.
+
+    ``name`` is the canonical name results are stored under; ``letter`` is what tables
+    print ("T", "S", "B", "L", "g"); ``aliases`` are further names a suite may use (the
+    name and letter always resolve, case-insensitively). ``vit_kwargs`` are further
+    keyword arguments of the timm model (SwiGLU MLPs, LayerScale ...);
+    ``protocol_defaults`` are settings per protocol name that this size brings (ViT-L
+    reads deeper blocks), below the adapter's own and the user's.
+    """
+
+    name: str
+    letter: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int = 16
+    aliases: tuple[str, ...] = ()
+    vit_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    protocol_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def names(self) -> tuple[str, ...]:
+        """Every lower-case name this size answers to."""
+        return tuple(dict.fromkeys(n.lower() for n in (self.name, self.letter, *self.aliases)))
+
+    def geometry(self) -> dict[str, int]:
+        return {
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "patch_size": self.patch_size,
+        }
 
 
-def canonical_size(size: str) -> str:
-    """'S', 'small', 'vit_s' -> 'small'; anything else is an error with a suggestion."""
+def _vit(name: str, letter: str, dim: int, depth: int, heads: int, **kw: Any) -> SizeSpec:
+    aliases = (f"vit-{letter.lower()}", f"vit_{letter.lower()}")
+    return SizeSpec(name, letter, dim, depth, heads, aliases=aliases, **kw)
+
+
+# The standard ViT sizes (patch 16) every ordinary ViT adapter shares. ViT-L has 24 blocks,
+# so the protocols read its blocks 8/12/16/24 (1-based) and give it more stochastic depth.
+_VIT_L_BLOCKS = [7, 11, 15, 23]
+VIT_TINY = _vit("tiny", "T", 192, 12, 3)
+VIT_SMALL = _vit("small", "S", 384, 12, 6)
+VIT_BASE = _vit("base", "B", 768, 12, 12)
+VIT_LARGE = _vit(
+    "large",
+    "L",
+    1024,
+    24,
+    16,
+    protocol_defaults={
+        "fine_tune": {"layers": _VIT_L_BLOCKS, "drop_path": 0.2},
+        "linear_probe": {"layers": _VIT_L_BLOCKS},
+    },
+)
+STANDARD_VIT_SIZES: tuple[SizeSpec, ...] = (VIT_TINY, VIT_SMALL, VIT_BASE, VIT_LARGE)
+
+
+def find_size(sizes: Sequence[SizeSpec], size: str, owner: str = "") -> SizeSpec:
+    """The spec among ``sizes`` that ``size`` names, or an AdapterError listing them."""
     key = str(size).strip().lower()
-    if key in SIZE_ALIASES:
-        return SIZE_ALIASES[key]
+    for spec in sizes:
+        if key in spec.names():
+            return spec
+    known = [n for spec in sizes for n in spec.names()]
+    listed = ", ".join(f"{s.letter} ({s.name})" for s in sizes) or "none"
     raise AdapterError(
-        f"unknown ViT size {size!r}; use one of T/S/B/L (tiny, small, base, large)."
-        + did_you_mean(key, list(SIZE_ALIASES))
+        f"unknown ViT size {size!r}{f' for adapter {owner!r}' if owner else ''}; "
+        f"use one of {listed}." + did_you_mean(key, known)
     )
+
+
+def canonical_size(size: str, adapter: str | None = None) -> str:
+    """'S', 'small', 'vit_s' -> 'small': among ``adapter``'s sizes when it is named, else
+    among the standard ViT sizes; anything else is an error with a suggestion."""
+    if adapter is not None:
+        return get_adapter(adapter).canonical_size(size)
+    return find_size(STANDARD_VIT_SIZES, size).name
+
+
+def size_letter(size: str, adapter: str | None = None) -> str:
+    """What tables print for a stored size: the adapter's letter for it ('g' for DINOv2's
+    giant), the standard ViT letter when the adapter is not known here, else ``size``."""
+    if adapter is not None:
+        try:
+            return get_adapter(adapter).letter(size)
+        except AdapterError:
+            pass
+    try:
+        return find_size(STANDARD_VIT_SIZES, size).letter
+    except AdapterError:
+        return str(size)
 
 
 StateDict = dict[str, torch.Tensor]
@@ -147,6 +205,49 @@ class CheckpointFormat:
         return out
 
 
+class ProtocolDefaults(Mapping[str, Mapping[str, Any]]):
+    """An adapter's settings per protocol name, which also merges in a size's.
+
+    Read as a mapping (``adapter.protocol_defaults["fine_tune"]``) it is what the adapter
+    declares; called (``adapter.protocol_defaults("fine_tune", "large")``) it is the
+    size's defaults for that protocol overridden by the adapter-wide ones, the order in
+    which the protocols layer them (dataset, then size, then adapter, then the user).
+    """
+
+    def __init__(self, table: Mapping[str, Mapping[str, Any]], adapter: Adapter) -> None:
+        if not isinstance(table, Mapping):
+            raise AdapterError(
+                f"adapter {adapter.name!r}: protocol_defaults must map protocol names to "
+                f"settings, got a {type(table).__name__}"
+            )
+        for key, value in table.items():
+            if not isinstance(value, Mapping):
+                raise AdapterError(
+                    f"adapter {adapter.name!r}: protocol_defaults[{key!r}] must be a mapping "
+                    f"of settings, got a {type(value).__name__}"
+                )
+        self._table = {str(k): dict(v) for k, v in table.items()}
+        self._adapter = adapter
+
+    def __getitem__(self, protocol: str) -> Mapping[str, Any]:
+        return self._table[protocol]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return repr(self._table)
+
+    def __call__(self, protocol: str, size: str) -> dict[str, Any]:
+        spec = self._adapter.size(size)
+        merged = dict(spec.protocol_defaults.get(protocol, {}))
+        merged.update(self._table.get(protocol, {}))
+        return copy.deepcopy(merged)  # the caller's to change (lists of blocks ...)
+
+
 @dataclass
 class Adapter:
     """A pre-training method: its name, sizes, normalisation and checkpoint formats."""
@@ -154,6 +255,9 @@ class Adapter:
     name: str
     description: str
     formats: tuple[CheckpointFormat, ...]
+    # Every size this method's models come in (geometry, names, per-size defaults) ...
+    sizes: tuple[SizeSpec, ...] = STANDARD_VIT_SIZES
+    # ... and the canonical names of those with released weights.
     published_sizes: tuple[str, ...] = ("tiny", "small", "base", "large")
     # Keyword options load_backbone accepts for this method beyond the common ones
     # (COMMON_OPTIONS); anything else is a typo and refused rather than ignored.
@@ -166,9 +270,28 @@ class Adapter:
     # method's backbone with, under the user's own: how the method's released downstream
     # code builds it when that differs from the pre-training model (UNIP's head split).
     downstream_options: dict[str, Any] = field(default_factory=dict)
-    # Protocol settings this method is evaluated with, per protocol name, applied over the
-    # dataset's defaults and under the user's (UNIP: the release's fine-tuning choices).
+    # Protocol settings this method brings, keyed by protocol name (see ProtocolDefaults).
     protocol_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.protocol_defaults = ProtocolDefaults(self.protocol_defaults, self)
+
+    # -- sizes -----------------------------------------------------------------------
+    def size(self, size: str) -> SizeSpec:
+        """The declared size ``size`` names ('S', 'small', 'vit_s' ...)."""
+        return find_size(self.sizes, size, self.name)
+
+    def canonical_size(self, size: str) -> str:
+        return self.size(size).name
+
+    def letter(self, size: str) -> str:
+        """What tables print for ``size`` ('T', 'S', 'B', 'L', 'g')."""
+        return self.size(size).letter
+
+    def size_for_width(self, embed_dim: int) -> SizeSpec | None:
+        """The declared size of this embed dim, if exactly one has it (for error hints)."""
+        fits = [s for s in self.sizes if s.embed_dim == int(embed_dim)]
+        return fits[0] if len(fits) == 1 else None
 
     # -- architecture ------------------------------------------------------------------
     def build_vit(
@@ -183,13 +306,12 @@ class Adapter:
         unless asked: a fine-tuning protocol sets its own)."""
         from timm.models.vision_transformer import VisionTransformer
 
-        size = canonical_size(size)
-        geo = dict(VIT_SIZES[size])
+        spec = self.size(size)
+        geo = spec.geometry()
         if depth is not None:
             geo["depth"] = int(depth)
         kwargs: dict[str, Any] = dict(
             img_size=img_size,
-            patch_size=16,
             mlp_ratio=4.0,
             qkv_bias=True,
             num_classes=0,
@@ -200,9 +322,14 @@ class Adapter:
         if self.layer_scale:
             kwargs["init_values"] = 1e-4
         kwargs.update(geo)
+        kwargs.update(spec.vit_kwargs)
         kwargs.update(self.vit_kwargs)
         kwargs.update(overrides)
         return VisionTransformer(**kwargs)
+
+    def normalisation(self, size: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Mean and std of the images ``size``'s weights were trained on."""
+        return self.mean, self.std
 
     def customise(self, vit: nn.Module, context: dict) -> nn.Module:
         """Hook for method-specific architecture changes (UNIP's last block)."""
@@ -252,21 +379,10 @@ def list_adapters() -> list[str]:
     return ADAPTERS.names()
 
 
-# Per ViT size, per protocol: ViT-L reads deeper blocks and uses more stochastic depth.
-SIZE_PROTOCOL_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "large": {
-        "fine_tune": {"layers": [7, 11, 15, 23], "drop_path": 0.2},
-        "linear_probe": {"layers": [7, 11, 15, 23]},
-    },
-}
-
-
 def adapter_protocol_defaults(adapter_name: str, protocol: str, size: str) -> dict[str, Any]:
     """Settings ``protocol`` gets for ``adapter_name``'s ViT of ``size``: the size's
-    defaults, overridden by the adapter's declared ``protocol_defaults``."""
-    out = dict(SIZE_PROTOCOL_DEFAULTS.get(canonical_size(size), {}).get(protocol, {}))
-    out.update(get_adapter(adapter_name).protocol_defaults.get(protocol, {}))
-    return out
+    declared defaults, overridden by the adapter's declared ``protocol_defaults``."""
+    return dict(get_adapter(adapter_name).protocol_defaults(protocol, size))
 
 
 def downstream_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -278,18 +394,23 @@ def downstream_options(name: str, options: Mapping[str, Any] | None = None) -> d
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
 
-def _geometry_hint(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+def _geometry_hint(adapter: Adapter, expected: Mapping[str, Any], state: Mapping[str, Any]) -> str:
     """What size / depth the checkpoint is when it is not the model's ("" when it is)."""
     hints = []
     key = "patch_embed.proj.weight"
     got, want = state.get(key), expected.get(key)
-    if isinstance(got, torch.Tensor) and got.ndim == 4 and got.shape[0] != want.shape[0]:
+    if (
+        isinstance(got, torch.Tensor)
+        and isinstance(want, torch.Tensor)
+        and got.ndim == 4
+        and got.shape[0] != want.shape[0]
+    ):
         width = int(got.shape[0])
-        fits = [s for s, g in VIT_SIZES.items() if g["embed_dim"] == width]
+        fits = adapter.size_for_width(width)
         what = (
-            f"a ViT-{SIZE_LETTER[fits[0]]} (pass size {SIZE_LETTER[fits[0]]!r})"
+            f"a ViT-{fits.letter} (pass size {fits.letter!r})"
             if fits
-            else ("no standard ViT size")
+            else f"no size adapter {adapter.name!r} declares"
         )
         hints.append(f"its embed dim is {width}, the model's {want.shape[0]}: it is {what}")
 
@@ -310,7 +431,7 @@ def _shape_fits(key: str, got: torch.Tensor, want: torch.Tensor) -> bool:
 
 
 def check_keys(
-    adapter: str,
+    adapter: Adapter,
     fmt: str,
     source: str,
     model: nn.Module,
@@ -348,9 +469,9 @@ def check_keys(
         parts.append(f"shape mismatches ({len(shape_bad)}): {_few(shape_bad, 6)}")
     if not_tensor:
         parts.append(f"non-tensor values: {_few(not_tensor)}")
-    why = "; ".join(h for h in (hint, _geometry_hint(expected, state)) if h)
+    why = "; ".join(h for h in (hint, _geometry_hint(adapter, expected, state)) if h)
     raise AdapterError(
-        f"checkpoint {source} does not fit adapter {adapter!r} (format {fmt!r})"
+        f"checkpoint {source} does not fit adapter {adapter.name!r} (format {fmt!r})"
         + (f" ({why})" if why else "")
         + ": "
         + "; ".join(parts)
@@ -465,9 +586,11 @@ def load_backbone(
     training code (the fine-tuning protocol) asks for its ``drop_path_rate`` and calls
     ``train()`` itself.
 
-    ``checkpoint`` is a local file (.pth/.pt/.bin/.safetensors), a Hugging Face export
-    directory, an ``https://`` URL (cached, sha256-verified when ``sha256`` is given) or
-    None for random initialisation (recorded in ``backbone.meta.random_init``).
+    ``img_size`` sides are rounded up to a multiple of the patch size, as the
+    segmentors pad their inputs. ``checkpoint`` is a local file (.pth/.pt/.bin/
+    .safetensors), a Hugging Face export directory, an ``https://`` URL (cached,
+    sha256-verified when ``sha256`` is given) or None for random initialisation
+    (recorded in ``backbone.meta.random_init``).
     Extra ``options`` go to the adapter (e.g. ``last_heads`` for UNIP, ``depth`` for
     shallow test models).
     """
@@ -475,9 +598,14 @@ def load_backbone(
 
     adapter = get_adapter(name)
     check_options(adapter, options)
-    size = canonical_size(size)
-    img = as_pair(img_size)
-    context: dict[str, Any] = {"adapter": adapter.name, "size": size, **options}
+    size = adapter.canonical_size(size)
+    # The model is built for the grid its inputs will have: the segmentors pad images to
+    # the patch, so a 512 crop is a 37x37 grid at patch 14 (not 36x36, which would make
+    # every forward resample the position table once more).
+    patch = int(options.get("patch_size") or adapter.size(size).patch_size)
+    img = tuple(-(-side // patch) * patch for side in as_pair(img_size))
+    context: dict[str, Any] = {"adapter": adapter.name, "size": size, "img_size": img, **options}
+    mean, std = adapter.normalisation(size)
     meta = BackboneMeta(adapter=adapter.name, size=size)
     build_kwargs: dict[str, Any] = {k: v for k, v in options.items() if k in ("patch_size",)}
     build_kwargs["depth"] = options.get("depth")
@@ -489,7 +617,7 @@ def load_backbone(
     if checkpoint is None:
         vit = build()
         meta.extra.update(context.get("meta_extra", {}))
-        return Backbone(vit, meta, mean=adapter.mean, std=adapter.std).eval()
+        return Backbone(vit, meta, mean=mean, std=std).eval()
 
     path, digest = resolve_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
     raw, file_meta = read_checkpoint(path)
@@ -517,15 +645,19 @@ def load_backbone(
     build_kwargs.update(context.get("vit_kwargs", {}))
     vit = _build_for_checkpoint(build)
     hint = "" if format else _structure_hint(adapter, fmt, raw)
-    check_keys(adapter.name, fmt.name, str(checkpoint), vit, state, hint=hint)
+    check_keys(adapter, fmt.name, str(checkpoint), vit, state, hint=hint)
     if "pos_embed" in state:
         ckpt_pos = state["pos_embed"]
         # DeiT III-style tables (no_embed_class) hold no entries for prefix tokens.
         n_prefix = 0 if getattr(vit, "no_embed_class", False) else vit.num_prefix_tokens
         side = int(round((ckpt_pos.shape[1] - n_prefix) ** 0.5))
-        meta.pretrain_img_size = side * vit.patch_embed.patch_size[0]
+        # (A format that resamples the table itself records the file's size first.)
+        meta.pretrain_img_size = int(
+            context.get("pretrain_img_size", side * vit.patch_embed.patch_size[0])
+        )
         try:
-            state["pos_embed"] = resample_pos_embed(ckpt_pos, vit.patch_embed.grid_size, n_prefix)
+            grid = tuple(vit.patch_embed.grid_size)
+            state["pos_embed"] = resample_pos_embed(ckpt_pos, grid, n_prefix)
         except AdapterError as exc:
             raise AdapterError(
                 f"checkpoint {checkpoint} does not fit adapter {adapter.name!r} "
@@ -533,4 +665,4 @@ def load_backbone(
             ) from None
     _assign_state(vit, state)
     meta.extra.update(context.get("meta_extra", {}))
-    return Backbone(vit, meta, mean=adapter.mean, std=adapter.std).eval()
+    return Backbone(vit, meta, mean=mean, std=std).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.adapter import SIZE_LETTER, AdapterError, canonical_size
+from bench.adapter import AdapterError, get_adapter
 from bench.catalogue import get_entry, load_catalogue
 from bench.checkpoint import CheckpointError
 from bench.checkpoint_cache import fetch_command, resolve_id
@@ -20,7 +20,7 @@ def suite_problem(
         return (f"checkpoint {cid} is a {entry.adapter!r} checkpoint (catalogue), but the "
                 f"model's adapter is {adapter!r}")
     try:
-        letter = SIZE_LETTER[canonical_size(size)]
+        letter = get_adapter(adapter).letter(size)
     except AdapterError:
         letter = None  # the schema check reports the size itself
     if letter is not None and letter != entry.size:
@@ -36,7 +36,7 @@ def missing_path_hint(adapter: str, size: str, label: str) -> str:
     """For a suite's missing checkpoint file: where the catalogue says such a model comes
     from ('' when it has nothing for that adapter, size and label)."""
     try:
-        letter = SIZE_LETTER[canonical_size(size)]
+        letter = get_adapter(adapter).letter(size)
     except AdapterError:
         return ""
     fits = [e for e in load_catalogue().values()

@@ -147,8 +147,11 @@ def _m(n: int) -> float:
 
 
 def backbone_flops(backbone: nn.Module, img_size: int | Sequence[int]) -> tuple[MacCount, int]:
+    """Cost of ``backbone`` on an ``img_size`` image, padded to its patch size as the
+    segmentors pad it (a 512 crop is 518 px for a patch-14 ViT)."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    x = torch.zeros(1, 3, int(h), int(w))
+    p = int(getattr(backbone, "patch_size", 1))
+    x = torch.zeros(1, 3, -(-int(h) // p) * p, -(-int(w) // p) * p)
     return count_macs(backbone, (x,)), count_params(backbone)
 
 

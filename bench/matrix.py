@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.adapter import SIZE_LETTER, canonical_size
+from bench.adapter import get_adapter, size_letter
 from bench.checkpoint import DigestCache
 from bench.suite import Suite
 
@@ -48,7 +48,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        model = f"{self.model_name}-{SIZE_LETTER[self.size]}"
+        model = f"{self.model_name}-{size_letter(self.size, self.adapter)}"
         return f"{model}/{self.dataset}/{self.protocol}/s{self.seed}"
 
     def config(self) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
     contents: dict[tuple[int, tuple[str, ...]], dict[str, str] | None] = {}
     runs: list[Run] = []
     for mi, m in enumerate(spec.models):
-        size = canonical_size(m.size)
+        size = get_adapter(m.adapter).canonical_size(m.size)
         ckpt, weights = checkpoint_identity(m.checkpoint, m.sha256, cache)
         for di, d in enumerate(spec.datasets):
             synthetic = d.synthetic.model_dump() if d.synthetic else None

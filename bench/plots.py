@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.adapter import SIZE_LETTER
+from bench.adapter import size_letter
 from bench.store import RunRecord
 from bench.tables import SIZE_ORDER, ProtocolView, layer_curve, protocol_views
 
@@ -74,13 +74,14 @@ def plot_miou_vs_flops(records: Sequence[RunRecord], out_dir: str | Path) -> lis
         n_data = len({r.dataset for r in records if r.protocol == view.name})
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
         random_init = {r.model_name for r in records if r.random_init}
+        adapter_of = {r.model_name: r.adapter for r in records}
         for method, pts in sorted(series.items()):
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             label = f"{method} (random init)" if method in random_init else method
             ax.plot(xs, ys, marker="o", label=label)
             for x, y, size in pts:
-                ax.annotate(SIZE_LETTER.get(size, size), (x, y), textcoords="offset points",
-                            xytext=(4, 4), fontsize=8)
+                ax.annotate(size_letter(size, adapter_of.get(method)), (x, y),
+                            textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("GFLOPs (multiply-adds, backbone + decode head)")
         ax.set_ylabel(f"{view.metric.label}, average over {n_data} dataset(s)")
@@ -113,7 +114,7 @@ def _layer_curves(recs: list[RunRecord], view: ProtocolView, out_dir: Path) -> l
         for r in recs:
             if r.dataset != dataset:
                 continue
-            label = f"{r.model_name}-{SIZE_LETTER.get(r.size, r.size)}"
+            label = f"{r.model_name}-{size_letter(r.size, r.adapter)}"
             for layer, v in layer_curve(r.per_layer, view.metric.key):
                 curves.setdefault(label, {}).setdefault(layer, []).append(v)
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)

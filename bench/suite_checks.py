@@ -98,7 +98,7 @@ def _settings_problems(suite: Suite, mi: int, di: int, protocol: str) -> list[Su
 def _model_depth(suite: Suite, mi: int) -> int | None:
     """Blocks of model ``mi`` as the suite gives them (``options.depth`` or its size);
     None where the checkpoint decides (a Hugging Face export folder)."""
-    from bench.adapter import VIT_SIZES, canonical_size
+    from bench.adapter import AdapterError, get_adapter
 
     m = suite.spec.models[mi]
     if m.checkpoint and m.checkpoint.startswith("hf://"):
@@ -113,7 +113,10 @@ def _model_depth(suite: Suite, mi: int) -> int | None:
         return None
     if m.options.get("depth") is not None:
         return int(m.options["depth"])
-    return VIT_SIZES[canonical_size(m.size)]["depth"]
+    try:
+        return get_adapter(m.adapter).size(m.size).depth
+    except AdapterError:
+        return None  # an unknown adapter or size is reported by check_semantics
 
 
 def _block_problems(
@@ -144,7 +147,7 @@ def _block_problems(
 
 def check_semantics(suite: Suite) -> list[SuiteProblem]:
     """Names (adapters, sizes, datasets, protocols), setting keys and values, duplicates."""
-    from bench.adapter import AdapterError, canonical_size, list_adapters
+    from bench.adapter import AdapterError, get_adapter, list_adapters
 
     spec = suite.spec
     protocols = list(spec.protocols)
@@ -160,11 +163,12 @@ def check_semantics(suite: Suite) -> list[SuiteProblem]:
             problems.append(suite.problem(
                 ("models", i, "adapter"), unknown_name_message("adapter", m.adapter, adapters)
             ))
-        try:
-            size = canonical_size(m.size)
+        size = m.size
+        try:  # sizes are the adapter's own (DINOv2's g, a timm model's name)
+            if m.adapter in adapters:
+                size = get_adapter(m.adapter).canonical_size(m.size)
         except AdapterError as exc:
             problems.append(suite.problem(("models", i, "size"), str(exc)))
-            size = m.size
         key = (m.label, size)
         if key in seen_models:
             problems.append(suite.problem(

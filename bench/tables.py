@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from bench.adapter import SIZE_LETTER
+from bench.adapter import size_letter
 from bench.protocols.registry import MIOU, Metric, find_protocol, ordered_protocols
 from bench.protocols.registry import sort_protocol_names as _sort_protocols
 from bench.store import RunRecord, latest_by_run
@@ -107,11 +107,16 @@ class Row:
     random_init: bool
     cells: dict[str, Cell] = field(default_factory=dict)
     cost_basis: tuple | None = None  # how its GFLOPs were counted, for the notes
+    adapter: str | None = None  # whose sizes ``size`` is one of (its letter in tables)
+
+    @property
+    def letter(self) -> str:
+        return size_letter(self.size, self.adapter)
 
     @property
     def label(self) -> str:
         mark = f" {RANDOM_INIT_MARK}" if self.random_init else ""
-        return f"{self.method}-{SIZE_LETTER.get(self.size, self.size)}{mark}"
+        return f"{self.method}-{self.letter}{mark}"
 
 
 @dataclass
@@ -219,7 +224,7 @@ def _refuse_conflicts(records: Sequence[RunRecord]) -> None:
     if not clashes:
         return
     lines = [
-        f"{a.model_name}-{SIZE_LETTER.get(a.size, a.size)} {a.dataset} {a.protocol} "
+        f"{a.model_name}-{size_letter(a.size, a.adapter)} {a.dataset} {a.protocol} "
         f"seed {a.seed}: runs {a.run_id} (suite {a.suite}) and {b.run_id} (suite {b.suite})"
         for a, b in clashes[:3]
     ]
@@ -277,7 +282,8 @@ def build_leaderboard(
 
     rows = []
     for (method, size), recs in groups.items():
-        row = Row(method, size, random_init=any(r.random_init for r in recs))
+        row = Row(method, size, random_init=any(r.random_init for r in recs),
+                  adapter=recs[0].adapter)
         for v in views:
             _fill_protocol(row, v, [r for r in recs if r.protocol == v.name], datasets)
             # A random-init row is not the published model: no paper value beside it.
@@ -333,7 +339,7 @@ def _fill_protocol(row: Row, v: ProtocolView, recs: list[RunRecord], datasets: l
 
 def _fill_reference(row: Row, v: ProtocolView, reference: dict[str, Any]) -> None:
     table = reference.get(v.reference_key or "", {}) or {}
-    published = (table.get(row.method.lower()) or {}).get(SIZE_LETTER.get(row.size, row.size))
+    published = (table.get(row.method.lower()) or {}).get(row.letter)
     if published is None:
         return
     row.cells[f"{v.name}:ref"] = Cell(float(published), None, 1)
@@ -482,7 +488,7 @@ def _render_csv(lb: Leaderboard) -> str:
         header += [c.key, f"{c.key}:std", f"{c.key}:n"] if c.kind == "metric" else [c.key]
     w.writerow(header)
     for r in lb.rows:
-        line: list[Any] = [r.method, SIZE_LETTER.get(r.size, r.size), int(r.random_init)]
+        line: list[Any] = [r.method, r.letter, int(r.random_init)]
         for c in lb.columns:
             cell = r.cells.get(c.key) or Cell(None)
             line.append("" if cell.mean is None else round(cell.mean, 4))

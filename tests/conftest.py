@@ -24,3 +24,24 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def _register_tree_adapters() -> None:
+    """Register the adapters this tree's pyproject.toml declares, whatever the installed
+    package metadata lists (an editable install made from an older tree names the modules
+    of its time): tests exercise the adapters of the code under test."""
+    import importlib
+    from pathlib import Path
+
+    import tomllib
+
+    from bench.registry import ADAPTERS
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["entry-points"]
+    for name, target in declared["unipbench.adapters"].items():
+        module, _, attr = target.partition(":")
+        ADAPTERS.register(name, getattr(importlib.import_module(module), attr), overwrite=True)
+
+
+_register_tree_adapters()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.adapter import canonical_size, load_backbone
+from bench.adapter import get_adapter, load_backbone
 from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
 from bench.progress import Progress
 from bench.protocols.optim import build_adamw
@@ -201,13 +201,13 @@ def _student_file(
             "teacher_layer": layer,
             "teacher": {
                 "adapter": cfg.teacher.adapter,
-                "size": canonical_size(cfg.teacher.size),
+                "size": get_adapter(cfg.teacher.adapter).canonical_size(cfg.teacher.size),
                 "checkpoint": cfg.teacher.checkpoint,
                 "checkpoint_sha256": teacher.meta.checkpoint_sha256,
                 "depth": teacher_depth,
                 "heads": heads,
             },
-            "size": canonical_size(cfg.student.size),
+            "size": get_adapter("unip").canonical_size(cfg.student.size),
             "depth": student.depth,
             "img_size": cfg.data.img_size,
             "steps": steps,

@@ -192,10 +192,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Distill
 
 def _check_teacher(cfg: DistillConfig) -> None:
     """What the schema cannot see: a known adapter and size, a layer within ``depth``."""
-    from bench.adapter import AdapterError, canonical_size, get_adapter
+    from bench.adapter import AdapterError, get_adapter
 
     t = cfg.teacher
-    for key, check in (("adapter", get_adapter), ("size", canonical_size)):
+    # The size is one of the teacher adapter's own (DINOv2's g, a timm model's name).
+    for key, check in (
+        ("adapter", get_adapter),
+        ("size", lambda size: get_adapter(t.adapter).canonical_size(size)),
+    ):
         try:
             check(getattr(t, key))
         except AdapterError as exc:

@@ -14,12 +14,11 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from adapters.unip import replace_last_attention
-from bench.adapter import as_pair, canonical_size, get_adapter
+from bench.adapter import AdapterError, as_pair, get_adapter
 from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone, BackboneMeta
+from unip.adapter import replace_last_attention
 
 STUDENT_DROP_PATH = 0.1
-STUDENT_SIZES = ("tiny", "small", "base")
 
 
 def sincos_pos_embed(
@@ -98,10 +97,13 @@ def build_student(
     drop_path_rate: float = STUDENT_DROP_PATH,
 ) -> Backbone:
     """A fresh UNIP student (``depth`` below 12 only for tests), frozen where no loss reaches."""
-    size = canonical_size(size)
-    if size not in STUDENT_SIZES:
-        raise ValueError(f"UNIP students are ViT-T/S/B; got size {size!r}")
-    vit = get_adapter("unip").build_vit(size, img_size, drop_path_rate=0.0, depth=depth)
+    adapter = get_adapter("unip")
+    try:  # the sizes the UNIP adapter declares are the students'
+        size = adapter.canonical_size(size)
+    except AdapterError:
+        letters = "/".join(s.letter for s in adapter.sizes)
+        raise ValueError(f"UNIP students are ViT-{letters}; got size {size!r}") from None
+    vit = adapter.build_vit(size, img_size, drop_path_rate=0.0, depth=depth)
     vit = replace_last_attention(vit, int(last_heads))
     set_constant_drop_path(vit, drop_path_rate)
     init_mae_style(vit)

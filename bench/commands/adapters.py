@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.adapter import SIZE_LETTER, get_adapter, list_adapters
+from bench.adapter import get_adapter, list_adapters
 
 
 def adapters_table() -> list[dict]:
@@ -16,7 +16,7 @@ def adapters_table() -> list[dict]:
             {
                 "adapter": name,
                 "description": a.description,
-                "sizes": [SIZE_LETTER[s] for s in a.published_sizes],
+                "sizes": [a.letter(s) for s in a.published_sizes],
                 "formats": [{"name": f.name, "description": f.description} for f in a.formats],
             }
         )

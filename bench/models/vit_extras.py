@@ -15,6 +15,13 @@ table's ``(2Wh-1) x (2Ww-1)`` part resampled bicubically (align_corners=False, a
 absolute position table is) to ``(2h-1) x (2w-1)``; the three prefix-token rows are kept as
 they are. That treats another grid as the same frame seen at another resolution, as the
 resampled absolute position embedding does, so the two position signals stay consistent.
+
+Other architectures: Eva / EVA-02 blocks keep LayerScale in ``gamma_1``/``gamma_2``, so
+LayerScale is added there (trained values, EVA-02-L's, are kept). An architecture with its
+own rotary position embedding (EVA-02's RoPE, relative by construction) gets no relative
+position bias on top: the request is recorded as skipped in ``fine_tune_extras`` rather
+than stacking a second relative-position scheme the method was never trained with. Any
+other block or attention type is refused with an error naming it.
 """
 
 from __future__ import annotations
@@ -172,12 +179,23 @@ class RelPosBiasAttention(Attention):
         return super().forward(x, attn_mask=bias)
 
 
+def _layer_scale_slots(blk: nn.Module) -> tuple[str, str] | None:
+    """Where ``blk`` keeps its branch scales: ``ls1``/``ls2`` (timm ViT) or ``gamma_1``/
+    ``gamma_2`` (Eva)."""
+    for slots in (("ls1", "ls2"), ("gamma_1", "gamma_2")):
+        if all(hasattr(blk, a) for a in slots) and hasattr(blk, "norm1"):
+            return slots
+    return None
+
+
 def _blocks(backbone: Backbone) -> nn.ModuleList:
     blocks = backbone.vit.blocks
     for i, blk in enumerate(blocks):
-        if not all(hasattr(blk, a) for a in ("ls1", "ls2", "attn", "norm1")):
+        if not hasattr(blk, "attn") or _layer_scale_slots(blk) is None:
             raise ValueError(
-                f"block {i} ({type(blk).__name__}) is not a timm ViT block with ls1/ls2 slots"
+                f"block {i} ({type(blk).__name__}) is neither a timm ViT block (ls1/ls2) nor "
+                "an Eva block (gamma_1/gamma_2): no LayerScale or relative position bias "
+                "can be added"
             )
     return blocks
 
@@ -186,22 +204,35 @@ def add_layer_scale(backbone: Backbone, init_values: float) -> dict[str, int]:
     """Trainable LayerScale ``init_values`` in every block that has none.
 
     A block that already scales its branches (DeiT III's trained gamma_1/gamma_2, loaded
-    into ``ls1.gamma``/``ls2.gamma``) keeps its values.
+    into ``ls1.gamma``/``ls2.gamma``; an Eva block's ``gamma_1``/``gamma_2``) keeps its
+    values.
     """
     added = kept = 0
     for blk in _blocks(backbone):
-        for slot in ("ls1", "ls2"):
+        ref = blk.norm1.weight
+        dim = int(ref.shape[0])
+        for slot in _layer_scale_slots(blk):  # type: ignore[union-attr]
             current = getattr(blk, slot)
-            if isinstance(current, LayerScale):
+            if isinstance(current, (LayerScale, nn.Parameter)):
                 kept += 1
                 continue
-            if not isinstance(current, nn.Identity):
-                raise ValueError(f"unexpected {slot} module {type(current).__name__}")
-            ref = blk.norm1.weight
-            ls = LayerScale(int(ref.shape[0]), init_values=float(init_values))
-            setattr(blk, slot, ls.to(device=ref.device, dtype=ref.dtype))
+            if slot.startswith("gamma"):  # Eva: a bare parameter, None when absent
+                if current is not None:
+                    raise ValueError(f"unexpected {slot} value {type(current).__name__}")
+                gamma = torch.full((dim,), float(init_values), device=ref.device, dtype=ref.dtype)
+                setattr(blk, slot, nn.Parameter(gamma))
+            else:
+                if not isinstance(current, nn.Identity):
+                    raise ValueError(f"unexpected {slot} module {type(current).__name__}")
+                ls = LayerScale(dim, init_values=float(init_values))
+                setattr(blk, slot, ls.to(device=ref.device, dtype=ref.dtype))
             added += 1
     return {"added": added, "kept": kept}
+
+
+def has_rotary_position(backbone: Backbone) -> bool:
+    """Whether the architecture encodes relative position itself (Eva's RoPE)."""
+    return getattr(backbone.vit, "rope", None) is not None
 
 
 def add_rel_pos_bias(backbone: Backbone, window: tuple[int, int]) -> int:
@@ -243,7 +274,8 @@ def add_finetune_extras(
     """Give ``backbone`` the released fine-tuning ViT's LayerScale and relative position bias.
 
     ``layer_scale_init`` None or 0 adds no LayerScale (one the checkpoint has stays);
-    ``window`` is the training crop's patch grid. What was done is recorded in
+    ``window`` is the training crop's patch grid. A model with rotary position
+    embeddings gets no relative position bias (recorded as skipped). What was done is recorded in
     ``backbone.meta.extra['fine_tune_extras']`` and returned.
     """
     done: dict[str, Any] = {"layer_scale_added": 0, "layer_scale_kept": 0,
@@ -252,7 +284,11 @@ def add_finetune_extras(
         ls = add_layer_scale(backbone, layer_scale_init)
         done.update(layer_scale_added=ls["added"], layer_scale_kept=ls["kept"],
                     layer_scale_init=float(layer_scale_init))
-    if rel_pos_bias:
+    if rel_pos_bias and has_rotary_position(backbone):
+        done["rel_pos_bias_skipped"] = (
+            f"{type(backbone.vit).__name__} has its own rotary position embedding"
+        )
+    elif rel_pos_bias:
         add_rel_pos_bias(backbone, window)
         done["rel_pos_bias_window"] = list(window)
     # A second call on the same backbone finds its own LayerScale "kept": the first

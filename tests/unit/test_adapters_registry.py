@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from bench.adapter import (
 from bench.cli import main
 from bench.registry import ADAPTERS
 
-BUILT_IN = {"mae", "crossmae", "deit", "deit3", "dino", "ibot", "unip"}
+BUILT_IN = {"mae", "crossmae", "deit", "deit3", "dino", "ibot", "unip", "dinov2", "timm"}
 
 
 def tiny_state(depth: int = 2) -> dict[str, torch.Tensor]:
@@ -62,10 +63,42 @@ def test_cli_lists_all_adapters_with_formats(capsys) -> None:
     assert main(["adapters", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     by_name = {r["adapter"]: r for r in rows}
-    assert set(by_name) == BUILT_IN  # the seven built-ins, no more, no fewer
+    assert set(by_name) == BUILT_IN  # the nine built-ins, no more, no fewer
     assert {f["name"] for f in by_name["mae"]["formats"]} == {"pretrain", "timm", "hf"}
     assert {f["name"] for f in by_name["deit"]["formats"]} == {"official", "timm", "hf"}
     assert by_name["unip"]["sizes"] == ["T", "S", "B"]
+    assert by_name["dinov2"]["sizes"] == ["S", "B", "L", "g"]
+    assert by_name["timm"]["sizes"] == []  # any timm model name
+
+
+def test_entry_points_name_the_built_ins_where_they_live() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"]
+    adapters = declared["unipbench.adapters"]
+    assert set(adapters) == BUILT_IN
+    assert adapters["unip"] == "unip.adapter:ADAPTER"  # UNIP's own package, not adapters/
+    assert adapters["dinov2"] == "adapters.dinov2:ADAPTER"
+    assert adapters["timm"] == "adapters.timm_model:ADAPTER"
+
+
+def test_bench_imports_neither_adapters_nor_unip() -> None:
+    """The harness knows methods only through the registry."""
+    root = Path(__file__).resolve().parents[2] / "bench"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(root.parent)}: {n}"
+                for n in names
+                if n.split(".")[0] in ("adapters", "unip")
+            ]
+    assert offenders == []
 
 
 @pytest.fixture

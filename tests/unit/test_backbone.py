@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
+from torch import nn
 
 from bench.adapter import load_backbone
-from bench.backbone import Backbone
+from bench.backbone import Backbone, BackboneMeta, register_attention_logits
 
 DEPTH = 3
 
@@ -139,3 +140,47 @@ def test_bad_inputs_are_explained(bb) -> None:
         bb.features(torch.randn(3, 32, 32))
     with pytest.raises(IndexError, match="out of range for a ViT of depth 3"):
         bb.features(torch.randn(1, 3, 32, 32), [DEPTH])
+
+
+def test_output_shape_is_width_and_patch_stride(bb) -> None:
+    assert [(s.channels, s.stride) for s in bb.output_shape([0, -1])] == [(192, 16)] * 2
+    with pytest.raises(IndexError, match="out of range"):
+        bb.output_shape([DEPTH])
+
+
+def test_attention_runs_nothing_after_the_last_requested_attention() -> None:
+    bb = load_backbone("mae", "tiny", None, depth=DEPTH).eval()
+    ran: list[str] = []
+    for i, blk in enumerate(bb.vit.blocks):
+        blk.mlp.register_forward_hook(lambda *_, i=i: ran.append(f"mlp{i}"))
+        blk.attn.register_forward_hook(lambda *_, i=i: ran.append(f"attn{i}"))
+    with torch.no_grad():
+        bb.attention(torch.randn(1, 3, 32, 32), [1, 0])
+    assert ran == ["attn0", "mlp0"]  # block 1's logits come from its input: no attention run
+
+
+def test_an_attention_class_without_logits_is_named() -> None:
+    class GatedAttention(nn.Module):
+        num_heads = 3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    bb = load_backbone("mae", "tiny", None, depth=1).eval()
+    bb.vit.blocks[0].attn = GatedAttention()
+    with pytest.raises(TypeError, match="no attention-logits function is registered for "
+                       "GatedAttention.*register_attention_logits"):
+        bb.attention(torch.randn(1, 3, 32, 32), [0])
+
+    @register_attention_logits(GatedAttention)
+    def _uniform(attn, x, kwargs):
+        n = x.shape[1]
+        return torch.zeros(x.shape[0], attn.num_heads, n, n)
+
+    (probs,) = bb.attention(torch.randn(1, 3, 32, 32), [0])
+    assert torch.allclose(probs, torch.full((1, 3, 5, 5), 0.2))
+
+
+def test_a_model_without_forward_intermediates_is_refused() -> None:
+    with pytest.raises(TypeError, match="not a timm ViT-family model.*forward_intermediates"):
+        Backbone(nn.Linear(2, 2), BackboneMeta(adapter="x", size="tiny"))

@@ -17,7 +17,7 @@ import pytest
 import torch.hub
 import yaml
 
-from bench.adapter import SIZE_LETTER, canonical_size, get_adapter
+from bench.adapter import get_adapter
 from bench.catalogue import (
     CATALOGUE_ENV,
     CATALOGUE_FILE,
@@ -53,7 +53,7 @@ def test_shipped_catalogue_loads_and_is_package_data() -> None:
 def test_entry_names_a_real_adapter_size_and_format(cid: str) -> None:
     e = get_entry(cid)
     adapter = get_adapter(e.adapter)
-    assert e.size in {SIZE_LETTER[s] for s in adapter.published_sizes}
+    assert e.size in {adapter.letter(s) for s in adapter.published_sizes}
     assert cid.startswith(f"{e.adapter}/")
     if e.unavailable:
         assert e.download_url is None and e.format is None
@@ -69,7 +69,7 @@ def test_every_paper_suite_model_is_in_the_catalogue() -> None:
     used: set[str] = set()
     for m in paper_models():
         label = m.get("name") or m["adapter"]
-        letter = SIZE_LETTER[canonical_size(m["size"])]
+        letter = get_adapter(m["adapter"]).letter(m["size"])
         fits = [e for e in entries.values()
                 if (e.adapter, e.size, e.label) == (m["adapter"], letter, label) and e.paper]
         assert fits, f"no paper entry for {label}-{letter}"
@@ -122,16 +122,17 @@ def test_unip_entries_record_both_repository_spellings() -> None:
 
 def _published(manifest: dict) -> tuple[str, str] | None:
     """(url or file name, size letter) of the file a release manifest describes."""
+    letter = get_adapter(manifest["adapter"]).letter(manifest["size"])
     pub = manifest.get("published")
     if isinstance(pub, dict) and pub.get("url"):
-        return pub["url"], SIZE_LETTER[manifest["size"]]
+        return pub["url"], letter
     source = manifest.get("source")
     hub = source.get("hub") if isinstance(source, dict) else None
     if hub:  # timm's Hub copies: the repository's model.safetensors
-        return f"{hub}/resolve/main/model.safetensors", SIZE_LETTER[manifest["size"]]
+        return f"{hub}/resolve/main/model.safetensors", letter
     release = manifest.get("release") or ""
     m = re.search(r"\(([^()]*\.pth)\)", release)
-    return (m.group(1), SIZE_LETTER[manifest["size"]]) if m else None
+    return (m.group(1), letter) if m else None
 
 
 def test_formats_agree_with_the_release_manifests() -> None:

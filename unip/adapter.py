@@ -20,7 +20,7 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from adapters.common import flat_timm
-from bench.adapter import Adapter, AdapterError, CheckpointFormat
+from bench.adapter import VIT_BASE, VIT_SMALL, VIT_TINY, Adapter, AdapterError, CheckpointFormat
 from bench.backbone import INFRARED_MEAN, INFRARED_STD
 
 UNIP_META_KEY = "unip"
@@ -165,6 +165,8 @@ ADAPTER = UnipAdapter(
     protocol_defaults={
         "fine_tune": {"layer_decay": 0.85, "neck": "llfpn", "rel_pos_bias": False},
     },
+    # Students are ViT-T/S/B (a ViT-L teacher's attention distilled into a smaller ViT).
+    sizes=(VIT_TINY, VIT_SMALL, VIT_BASE),
     published_sizes=("tiny", "small", "base"),
     # Students are distilled on infrared-normalised images (InfMix), not ImageNet ones.
     mean=INFRARED_MEAN,
