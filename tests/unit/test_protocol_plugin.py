@@ -217,14 +217,14 @@ def test_lower_is_better_marks_the_smallest_value(mean_colour) -> None:
 def test_a_protocol_not_registered_here_is_shown_under_its_name() -> None:
     from bench.tables import build_leaderboard, render
 
-    recs = [_record(run_id="k1", protocol="knn_probe", protocol_version="1.0",
+    recs = [_record(run_id="k1", protocol="retrieval_probe", protocol_version="1.0",
                     metrics={"top1": 40.0, "top5": 70.0}),
-            _record(run_id="k2", protocol="knn_probe", protocol_version="1.0",
+            _record(run_id="k2", protocol="retrieval_probe", protocol_version="1.0",
                     model_name="n", metrics={"top1": 45.0, "top5": 72.0})]
     board = build_leaderboard(recs)
-    assert [c.title for c in board.columns][:1] == ["knn_probe soda"]
+    assert [c.title for c in board.columns][:1] == ["retrieval_probe soda"]
     md = render(board, "md")
-    assert "**45.00**" in md and "knn_probe: a protocol not registered here" in md
+    assert "**45.00**" in md and "retrieval_probe: a protocol not registered here" in md
     assert "shown with its top1" in md
 
 
