@@ -1,0 +1,136 @@
+"""The GPU check: peak table, MFU arithmetic, verdict, and a quick CPU run of every check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from bench.gpu_check import (
+    CHECKS,
+    NO_CUDA,
+    CheckSettings,
+    Row,
+    Runner,
+    goal_verdict,
+    quick_settings,
+    run_checks,
+)
+from bench.gpu_peaks import match_peak, mfu
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "tflops"),
+    [
+        # Names as torch.cuda.get_device_name() reports them.
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.5),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
+        ("NVIDIA H100 NVL", "H100 NVL", None),
+        ("NVIDIA H200", "H200 SXM", 989.5),
+        ("NVIDIA H200 NVL", "H200 NVL", 835.5),
+        ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+        ("NVIDIA A100 80GB PCIe", "A100", 312.0),
+        ("NVIDIA L40S", "L40S", 362.05),
+        ("NVIDIA A10", "A10", 125.0),
+        ("NVIDIA GeForce RTX 4090", "GeForce RTX 4090", 165.2),
+    ],
+)
+def test_peak_table_matches_device_names(name: str, label: str, tflops: float | None) -> None:
+    peak = match_peak(name)
+    assert peak is not None and (peak.label, peak.tflops) == (label, tflops)
+
+
+@pytest.mark.parametrize(
+    "name", ["NVIDIA A10G", "NVIDIA GH200 480GB", "NVIDIA GeForce RTX 4090 Laptop GPU",
+             "Tesla V100-SXM2-16GB"])
+def test_other_devices_are_not_guessed(name: str) -> None:
+    assert match_peak(name) is None
+
+
+def test_mfu_by_hand() -> None:
+    # 29.1 TFLOP in 100 ms = 291 TFLOP/s; over an H100 SXM's 989.5: 0.29409...
+    assert mfu(29.1e12, 0.1, 989.5) == pytest.approx(291 / 989.5)
+    with pytest.raises(ValueError, match="positive"):
+        mfu(1e12, 0.0, 989.5)
+
+
+def test_settings_refuse_bad_values() -> None:
+    with pytest.raises(ValueError, match="unknown check"):
+        CheckSettings(checks=("finetune_bf16", "nope"))
+    with pytest.raises(ValueError, match="warmup"):
+        CheckSettings(warmup=0)
+    with pytest.raises(ValueError, match="peak_tflops"):
+        CheckSettings(peak_tflops=-1)
+
+
+class _FakeRunner:
+    cuda = True
+
+    def __init__(self, name: str) -> None:
+        self.device_name = name
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "met"),
+    [("NVIDIA H100 80GB HBM3", 0.41, True), ("NVIDIA H200", 0.39, False),
+     ("NVIDIA A100-SXM4-80GB", 0.55, None)],
+)
+def test_goal_is_judged_on_hopper_only(name: str, value: float, met: bool | None) -> None:
+    rows = [Row("finetune_bf16", mfu=value)]
+    verdict = goal_verdict(rows, _FakeRunner(name))  # type: ignore[arg-type]
+    assert verdict["met"] is met
+    assert ("not judged" in verdict["verdict"]) is (met is None)
+
+
+def test_a_failing_check_leaves_the_others_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Runner, row: Row) -> Row:
+        raise RuntimeError("out of memory\nsecond line")
+
+    monkeypatch.setattr(Runner, "distill_bf16", broken)
+    cfg = quick_settings(checks=("distill_bf16", "finetune_fp16_scaler", "ddp_syncbn_bf16"))
+    rows = Runner(cfg).run()
+    assert [r.status for r in rows] == ["error: RuntimeError: out of memory", NO_CUDA, NO_CUDA]
+
+
+def test_quick_cpu_run_of_every_check(tmp_path, capsys) -> None:
+    from bench.commands.gpu_check import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "check.json"
+    # aot_eager: the compiled row still captures forward and backward graphs, without
+    # inductor's C++ build (minutes on a small CPU).
+    args = parser.parse_args(["--cpu", "--compile-backend", "aot_eager", "--out", str(out)])
+    assert run(args) == 0
+    report = json.loads(out.read_text())
+    rows = {r["check"]: r for r in report["rows"]}
+    assert list(rows) == list(CHECKS)
+    assert rows["finetune_fp16_scaler"]["status"] == NO_CUDA
+    assert rows["ddp_syncbn_bf16"]["status"] == NO_CUDA
+    for name in ("finetune_bf16", "distill_bf16", "finetune_bf16_compile"):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        assert row["step_ms"] > 0 and row["flops_per_step"] > 0
+        # Achieved TFLOP/s is the step's model FLOPs over its median time.
+        assert row["tflops"] == pytest.approx(row["flops_per_step"] / row["step_ms"] / 1e9)
+        assert row["mfu"] is None  # no peak for a CPU
+    # The compiled model computes what the eager one does: the same count.
+    assert rows["finetune_bf16_compile"]["flops_per_step"] == rows["finetune_bf16"][
+        "flops_per_step"]
+    assert rows["finetune_bf16_compile"]["notes"]["compile_s"] >= 0
+    # Distillation: frozen teacher forward + 3 x the student's, per image, times the batch.
+    d = rows["distill_bf16"]
+    per_image = 2 * (d["notes"]["teacher_gmacs"] + 3 * d["notes"]["student_gmacs"]) * 1e9
+    assert d["flops_per_step"] == pytest.approx(per_image * 2, rel=1e-3)
+    assert report["settings"]["size"] == "T" and report["environment"]["device_type"] == "cpu"
+    printed = capsys.readouterr().out
+    assert "finetune_bf16" in printed and "elapsed:" in printed and "goal:" in printed
+
+
+def test_no_cuda_without_cpu_flag_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--cpu"):
+        run_checks(CheckSettings())
