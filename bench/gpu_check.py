@@ -406,7 +406,7 @@ class Runner:
         row.notes.update(teacher=f"{cfg.teacher_adapter}-{cfg.teacher_size} layer "
                          f"{cfg.teacher_layer}", student=cfg.student_size,
                          img=cfg.distill_img, batch=cfg.distill_batch,
-                         teacher_gmacs=round(macs_t / 1e9, 3), student_gmacs=round(macs_s / 1e9, 3))
+                         teacher_macs=macs_t, student_macs=macs_s)
         return _finish(row, timing, flops, self.peak)
 
     # -------------------------------------------------------------- driver
