@@ -7,17 +7,9 @@ import json
 
 import pytest
 
-from bench.gpu_check import (
-    CHECKS,
-    NO_CUDA,
-    CheckSettings,
-    Row,
-    Runner,
-    goal_verdict,
-    quick_settings,
-    run_checks,
-)
+from bench.gpu_check import CHECKS, NO_CUDA, CheckSettings, Row, Runner, quick_settings
 from bench.gpu_peaks import match_peak, mfu
+from bench.gpu_report import goal_verdict, run_checks
 
 
 @pytest.mark.parametrize(
