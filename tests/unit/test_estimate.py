@@ -71,6 +71,10 @@ def test_tiny_suite_end_to_end(tmp_path) -> None:
     est = estimate_suite(str(suite), counter)
     assert est.runs == 2 * 2 * 2  # models x datasets x seeds
     (macs,) = counter._cache.values()  # both ViT-T share one count
+    # The probe's head by hand: a 1x1 conv from 4 x 192 concatenated channels to SODA's 21
+    # classes on the 2 x 2 grid, then the logits' bilinear upsampling to 32 x 32 (fvcore
+    # counts 4 per output element).
+    assert macs["head"] == 4 * 192 * 21 * 4 + 21 * 32 * 32 * 4
     # A 32-pixel ViT-T sees 2 x 2 patches; 3 evaluations (4, 8, end); frames 43 x 32 hold
     # two 32-pixel windows at stride 21; SODA 1000 and MFNet 393 test images.
     cost = run_costs("linear_probe", macs)["as written"]

@@ -147,3 +147,21 @@ def test_command_is_registered_by_entry_point() -> None:
 
     cfg = settings_from_args(args)
     assert (cfg.batch, cfg.size, cfg.crop, cfg.checks) == (4, "B", 512, ("finetune_bf16",))
+
+
+def test_training_count_adds_the_auxiliary_fcn_by_hand() -> None:
+    """What the training forward adds to the counted model is the auxiliary FCN, exactly:
+    at 64 px a ViT-T's 1/16 level is 4 x 4 with 192 channels; the FCN's 3x3 conv to 256
+    channels is 192*256*9*16 multiply-adds, its BatchNorm 2 per element in eval (fvcore's
+    batchnorm rule with affine weights), its 1x1 classifier 256*21*16 (SODA's 21 classes)."""
+    import torch
+
+    from bench.gpu_check import TrainForward, build_finetune, forward_macs
+
+    cfg = quick_settings()
+    model, s, info = build_finetune(cfg, torch.device("cpu"))
+    assert (s.aux_channels, s.aux_num_convs, s.aux_in_index, info.num_classes) == (256, 1, 2, 21)
+    with_aux = forward_macs(TrainForward(model), (3, 64, 64), torch.device("cpu"))
+    model.aux_head = None
+    without = forward_macs(TrainForward(model), (3, 64, 64), torch.device("cpu"))
+    assert with_aux - without == 192 * 256 * 9 * 16 + 2 * 256 * 16 + 256 * 21 * 16
