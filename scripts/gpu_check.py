@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except ValueError as exc:  # bad flag values: one line, as the CLI does
+    except (ValueError, OSError) as exc:  # bad flag values, paths: one line, as the CLI does
         print(f"gpu_check.py: error: {exc}", file=sys.stderr)
         return 2
 

@@ -53,9 +53,12 @@ def settings_from_args(args: argparse.Namespace) -> CheckSettings:
 
 def run(args: argparse.Namespace) -> int:
     cfg = settings_from_args(args)
+    if args.out is not None:  # an unwritable path fails now, not after minutes of checks
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a", encoding="utf-8"):
+            pass
     report = run_checks(cfg)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     failed = [r["check"] for r in report["rows"]
