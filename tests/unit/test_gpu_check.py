@@ -165,3 +165,34 @@ def test_training_count_adds_the_auxiliary_fcn_by_hand() -> None:
     model.aux_head = None
     without = forward_macs(TrainForward(model), (3, 64, 64), torch.device("cpu"))
     assert with_aux - without == 192 * 256 * 9 * 16 + 2 * 256 * 16 + 256 * 21 * 16
+
+
+class _FakeScaler:
+    """GradScaler's scale bookkeeping: halved in place when a step finds inf/nan."""
+
+    def __init__(self, bad_calls: set[int]) -> None:
+        import torch
+
+        self._scale = torch.tensor(65536.0)
+        self.bad_calls = bad_calls
+        self.calls = 0
+
+    def get_scale(self) -> float:
+        return float(self._scale)
+
+    def step(self) -> None:
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            self._scale.mul_(0.5)
+
+
+@pytest.mark.parametrize(("bad", "skipped"), [({1}, 0), ({2}, 0), ({3}, 1), ({3, 4}, 2)])
+def test_scaler_skips_are_counted_after_warm_up_only(bad: set[int], skipped: int) -> None:
+    # quick settings: 1 warm-up step, then 1 untimed and 2 timed steps (calls 3 and 4).
+    runner = Runner(quick_settings())
+    scaler = _FakeScaler(bad)
+    row = Row("finetune_fp16_scaler")
+    runner._time_scaled(scaler.step, scaler, row)
+    assert scaler.calls == 4
+    assert row.notes["skipped_steps"] == skipped
+    assert row.status.startswith("FAIL") is (skipped > 0)
