@@ -48,14 +48,27 @@ def summary(result: dict, class_names: list[str]) -> str:
         lines += [f"{int(k):>5}  {m['mIoU']:.2f}" for k, m in result["per_layer"].items()]
         lines.append(f"best block: {result['best_layer']}")
     if "lr_sweep" in result:
-        lines.append("lr        mIoU (last)  mIoU (best)")
-        lines += [f"{r['lr']:<9g} {r['last']['mIoU']:11.2f}  {r['best']['mIoU']:11.2f}"
-                  for r in result["lr_sweep"]]
-        lines.append(f"best lr: {result['best_lr']:g}")
+        lines += lr_sweep_table(result)
     lines.append(format_per_class_table(result["metrics"], class_names))
     best = result["best"]
     lines.append(f"best mIoU {best['mIoU']:.2f} at iteration {best['iteration']}")
     return "\n".join(lines)
+
+
+def lr_sweep_table(result: dict) -> list[str]:
+    """One line per head of an lr sweep, the reported one marked, and the rule that chose
+    it (results written before ``selected_by`` existed reported the best final mIoU)."""
+    reported = result.get("reported_lr", result.get("best_lr"))
+    rule = result.get("selected_by", "best_on_eval")
+    lines = ["  lr        head       mIoU (last)  mIoU (best)"]
+    for r in result["lr_sweep"]:
+        mark = "*" if r["lr"] == reported else " "
+        lines.append(f"{mark} {r['lr']:<9g} {r.get('head', ''):<10} "
+                     f"{r['last']['mIoU']:11.2f}  {r['best']['mIoU']:11.2f}")
+    why = {"paper_lr": "the settings' lr", "best_on_eval": "best final mIoU on "
+           f"{result['dataset']['eval_split']}"}.get(rule, rule)
+    lines.append(f"reported lr (*): {reported:g}, selected by {rule} ({why})")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,7 +48,13 @@ class FrozenFeatures(nn.Module):
 
 
 class ProbeHeads(nn.Module):
-    """Heads ``i`` reads the feature maps ``inputs[i]`` (indices into the feature list)."""
+    """Heads ``i`` reads the feature maps ``inputs[i]`` (indices into the feature list).
+
+    ``same_init``: every head is drawn from the RNG state the first one starts from, and
+    the global RNG is left where building one head leaves it, so each head (and whatever
+    is drawn afterwards) is exactly what a one-head probe built under the same seed gets.
+    Otherwise the heads are drawn one after another (layer-wise probing's heads).
+    """
 
     def __init__(
         self,
@@ -56,14 +62,19 @@ class ProbeHeads(nn.Module):
         inputs: Sequence[Sequence[int]],
         num_classes: int,
         head: str = "linear",
+        same_init: bool = False,
     ) -> None:
         super().__init__()
         self.inputs = [tuple(int(j) for j in sel) for sel in inputs]
         self.num_classes = num_classes
         cls = HEADS.get(head)
-        self.heads = nn.ModuleList(
-            cls([in_channels[j] for j in sel], num_classes) for sel in self.inputs
-        )
+        heads = []
+        start = torch.get_rng_state()
+        for sel in self.inputs:
+            if same_init:
+                torch.set_rng_state(start)
+            heads.append(cls([in_channels[j] for j in sel], num_classes))
+        self.heads = nn.ModuleList(heads)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         # Heads reading the same maps share one resize+concat (the lr sweep's case).
@@ -76,6 +87,26 @@ class ProbeHeads(nn.Module):
         return out
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        # GradScaler multiplies the loss by a (1,)-shaped fp32 scale: the same product.
+        return (grad * scale).reshape(grad.shape), None
+
+
+def scale_grad(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged, its gradient multiplied by ``scale`` on the way back."""
+    return _ScaleGrad.apply(x, scale)
+
+
 def probe_losses(
     logits: Sequence[torch.Tensor],
     label: torch.Tensor,
@@ -83,8 +114,12 @@ def probe_losses(
     patch: int,
     ignore_index: int = 255,
     loss_norm: str = "all_pixels",
+    grad_scales: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Per-head cross-entropy at the label's resolution, and their sum as ``loss``."""
+    """Per-head cross-entropy at the label's resolution, and their sum as ``loss``.
+
+    ``grad_scales``: head k's loss gradient is multiplied by ``grad_scales[k]`` (fp16
+    loss scaling per head, :mod:`bench.protocols.head_scaler`); the values are unchanged."""
     per_head = [
         cross_entropy(
             resize(upsample_logits(lg, size, patch), label.shape[-2:]),
@@ -94,6 +129,8 @@ def probe_losses(
         )
         for lg in logits
     ]
+    if grad_scales is not None:
+        per_head = [scale_grad(x, s) for x, s in zip(per_head, grad_scales, strict=True)]
     return {"loss": torch.stack(per_head).sum(), "per_head": torch.stack(per_head).detach()}
 
 
@@ -118,12 +155,18 @@ class Probe(nn.Module):
     def num_heads(self) -> int:
         return len(self.heads.heads)
 
-    def forward(self, img: torch.Tensor, label: torch.Tensor | None = None) -> Any:
+    def forward(
+        self,
+        img: torch.Tensor,
+        label: torch.Tensor | None = None,
+        grad_scales: Sequence[torch.Tensor] | None = None,
+    ) -> Any:
         size = (img.shape[-2], img.shape[-1])
         logits = self.heads(self.features(img))
         if label is not None:
             return probe_losses(
-                logits, label, size, self.features.patch_size, self.ignore_index, self.loss_norm
+                logits, label, size, self.features.patch_size, self.ignore_index,
+                self.loss_norm, grad_scales,
             )
         return torch.cat(
             [upsample_logits(lg, size, self.features.patch_size) for lg in logits], dim=1
@@ -138,8 +181,12 @@ def build_probe(
     head: str = "linear",
     ignore_index: int = 255,
     loss_norm: str = "all_pixels",
+    same_init: bool = False,
 ) -> Probe:
-    """A probe on blocks ``layers``; head i reads positions ``inputs[i]`` of that list."""
+    """A probe on blocks ``layers``; head i reads positions ``inputs[i]`` of that list.
+
+    ``same_init``: every head starts from the weights a lone head would (an lr sweep)."""
     feats = FrozenFeatures(backbone, layers)
-    heads = ProbeHeads([backbone.embed_dim] * len(layers), inputs, num_classes, head)
+    heads = ProbeHeads([backbone.embed_dim] * len(layers), inputs, num_classes, head,
+                       same_init)
     return Probe(feats, convert_sync_norm(heads), ignore_index, loss_norm)
