@@ -116,3 +116,36 @@ def test_cli_train_prints_every_head_and_marks_the_reported_one(soda, tmp_path, 
     assert "reported lr (*): 0.001, selected by paper_lr (the settings' lr)" in out
     # The per-class table below is the reported head's.
     assert f"{r['metrics']['mIoU']:.2f}" in out and r["metrics"] == r["lr_sweep"][1]["last"]
+
+
+def test_loss_scaled_sweep_gives_each_head_its_own_scale(soda, tmp_path, monkeypatch):
+    """fp16's GradScaler, on CPU: the accelerator gets torch's scaler (what fp16 on CUDA
+    gives it); a single run keeps it, a sweep swaps in one scale per head. The scale is
+    set near fp32's limit so that it grows and backs off within a few steps."""
+    import bench.protocols.runner as runner
+
+    real = runner.make_accelerator
+
+    def with_scaler(mixed_precision, log_dir=None):
+        acc = real(mixed_precision, log_dir)
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**118, growth_interval=1)
+        return acc
+
+    monkeypatch.setattr(runner, "make_accelerator", with_scaler)
+    settings = {**TINY, "iters": 6, "checkpoint_interval": 6, "keep_training_state": True}
+    lrs = [1e-4, 1e-2]
+    run_protocol("linear_probe", MODEL, dataset(soda), {**settings, "sweep": True,
+                 "sweep_lrs": lrs, "lr": 1e-4}, tmp_path / "sweep", progress=False)
+    swept = torch.load(tmp_path / "sweep" / "checkpoint.pt", weights_only=True)
+    assert len(swept["scaler"]["scales"]) == 2
+    for k, lr in enumerate(lrs):
+        run_protocol("linear_probe", MODEL, dataset(soda), {**settings, "lr": lr},
+                     tmp_path / f"lr{k}", progress=False)
+        single = torch.load(tmp_path / f"lr{k}" / "checkpoint.pt", weights_only=True)
+        assert swept["scaler"]["scales"][k] == single["scaler"]["scale"]
+        assert swept["scaler"]["growth_trackers"][k] == single["scaler"]["_growth_tracker"]
+        for name, w in single["model"].items():
+            mine = swept["model"][name.replace("heads.0.", f"heads.{k}.", 1)]
+            torch.testing.assert_close(mine, w, rtol=1e-5, atol=1e-6, msg=f"lr {lr}: {name}")
+    # 2^118 grew past fp32's range and backed off: the scaler really acted.
+    assert swept["scaler"]["scales"][0] != 2.0**118
