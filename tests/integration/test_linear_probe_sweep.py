@@ -8,6 +8,7 @@ best and last evaluations agree to float tolerance.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -96,8 +97,6 @@ def test_best_on_eval_reports_the_best_final_head(soda, tmp_path):
 
 
 def test_cli_train_prints_every_head_and_marks_the_reported_one(soda, tmp_path, capsys):
-    import json
-
     from bench.cli import main
 
     sets = []
@@ -149,3 +148,53 @@ def test_loss_scaled_sweep_gives_each_head_its_own_scale(soda, tmp_path, monkeyp
             torch.testing.assert_close(mine, w, rtol=1e-5, atol=1e-6, msg=f"lr {lr}: {name}")
     # 2^118 grew past fp32's range and backed off: the scaler really acted.
     assert swept["scaler"]["scales"][0] != 2.0**118
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_loss_scaled_sweep_resumes_bit_identically(soda, tmp_path, monkeypatch):
+    """The per-head scales are part of the resumable state: a run stopped right after its
+    step-3 checkpoint and rerun ends exactly as an uninterrupted one."""
+    import bench.protocols.runner as runner
+    from bench.protocols.checkpointing import Checkpointer
+
+    real = runner.make_accelerator
+
+    def with_scaler(mixed_precision, log_dir=None):
+        acc = real(mixed_precision, log_dir)
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**118, growth_interval=1)
+        return acc
+
+    monkeypatch.setattr(runner, "make_accelerator", with_scaler)
+    settings = {**TINY, "iters": 6, "checkpoint_interval": 3, "eval_interval": 3,
+                "sweep": True, "sweep_lrs": [1e-4, 1e-3, 1e-2], "log_interval": 1,
+                "keep_training_state": True}
+    straight = run_protocol("linear_probe", MODEL, dataset(soda), settings,
+                            tmp_path / "straight", progress=False)
+
+    real_save = Checkpointer.save
+
+    def save_then_die(self, iteration, state):
+        real_save(self, iteration, state)
+        raise _Killed
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(_Killed):
+        run_protocol("linear_probe", MODEL, dataset(soda), settings, tmp_path / "resumed",
+                     progress=False)
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert saved["iteration"] == 3 and len(saved["scaler"]["scales"]) == 3
+    resumed = run_protocol("linear_probe", MODEL, dataset(soda), settings,
+                           tmp_path / "resumed", progress=False)
+    assert resumed["resumed_from"] == 3 and straight["resumed_from"] == 0
+    for key in ("metrics", "best", "last", "train_loss", "lr_sweep", "reported_lr"):
+        assert json.dumps(resumed[key]) == json.dumps(straight[key]), key
+    ends = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)
+            for d in ("straight", "resumed")]
+    assert ends[0]["iteration"] == ends[1]["iteration"] == 6
+    assert ends[0]["scaler"] == ends[1]["scaler"]
+    for name, w in ends[0]["model"].items():
+        assert torch.equal(w, ends[1]["model"][name]), name
