@@ -23,6 +23,7 @@ from bench.models.layers import (
     resize,
     upsample_logits,
 )
+from bench.models.matmul_upsample import upsample_logits_matmul
 from bench.registry import HEADS
 
 
@@ -115,14 +116,18 @@ def probe_losses(
     ignore_index: int = 255,
     loss_norm: str = "all_pixels",
     grad_scales: Sequence[torch.Tensor] | None = None,
+    matmul_upsample: bool = False,
 ) -> dict[str, Any]:
     """Per-head cross-entropy at the label's resolution, and their sum as ``loss``.
 
     ``grad_scales``: head k's loss gradient is multiplied by ``grad_scales[k]`` (fp16
-    loss scaling per head, :mod:`bench.protocols.head_scaler`); the values are unchanged."""
+    loss scaling per head, :mod:`bench.protocols.head_scaler`); the values are unchanged.
+    ``matmul_upsample``: logits upsampled by matrix products, equal to float rounding and
+    cheaper to back-propagate (:mod:`bench.models.matmul_upsample`)."""
+    upsample = upsample_logits_matmul if matmul_upsample else upsample_logits
     per_head = [
         cross_entropy(
-            resize(upsample_logits(lg, size, patch), label.shape[-2:]),
+            resize(upsample(lg, size, patch), label.shape[-2:]),
             label,
             ignore_index,
             loss_norm,
@@ -144,12 +149,14 @@ class Probe(nn.Module):
         heads: ProbeHeads,
         ignore_index: int = 255,
         loss_norm: str = "all_pixels",
+        matmul_upsample: bool = False,
     ) -> None:
         super().__init__()
         self.features = features
         self.heads = heads
         self.ignore_index = ignore_index
         self.loss_norm = loss_norm
+        self.matmul_upsample = matmul_upsample  # training loss only; evaluation unchanged
 
     @property
     def num_heads(self) -> int:
@@ -166,7 +173,7 @@ class Probe(nn.Module):
         if label is not None:
             return probe_losses(
                 logits, label, size, self.features.patch_size, self.ignore_index,
-                self.loss_norm, grad_scales,
+                self.loss_norm, grad_scales, self.matmul_upsample,
             )
         return torch.cat(
             [upsample_logits(lg, size, self.features.patch_size) for lg in logits], dim=1
@@ -182,11 +189,14 @@ def build_probe(
     ignore_index: int = 255,
     loss_norm: str = "all_pixels",
     same_init: bool = False,
+    matmul_upsample: bool = False,
 ) -> Probe:
     """A probe on blocks ``layers``; head i reads positions ``inputs[i]`` of that list.
 
-    ``same_init``: every head starts from the weights a lone head would (an lr sweep)."""
+    ``same_init``: every head starts from the weights a lone head would (an lr sweep).
+    ``matmul_upsample``: the training loss upsamples by matrix products (a sweep's heads:
+    the same numbers to float rounding, at about half the per-head cost on CPU)."""
     feats = FrozenFeatures(backbone, layers)
     heads = ProbeHeads([backbone.embed_dim] * len(layers), inputs, num_classes, head,
                        same_init)
-    return Probe(feats, convert_sync_norm(heads), ignore_index, loss_norm)
+    return Probe(feats, convert_sync_norm(heads), ignore_index, loss_norm, matmul_upsample)

@@ -52,14 +52,15 @@ class CachedFeatureHeads(nn.Module):
 
 
 def build_model(ctx: RunContext, num_heads: int, same_init: bool = False) -> Probe:
-    """``num_heads`` heads on the concatenated blocks; ``same_init``: each starts from the
-    weights a one-head probe gets under the same seed."""
+    """``num_heads`` heads on the concatenated blocks; ``same_init`` (the on-the-fly
+    sweep): each starts from the weights a one-head probe gets under the same seed, and
+    the training loss upsamples by matrix products (equal to float rounding, cheaper)."""
     s = ctx.settings
     layers = list(s.layers)
     return build_probe(
         ctx.backbone, layers, inputs=[list(range(len(layers)))] * num_heads,
         num_classes=ctx.info.num_classes, head=s.head, ignore_index=ctx.info.ignore_index,
-        loss_norm=s.loss_norm, same_init=same_init,
+        loss_norm=s.loss_norm, same_init=same_init, matmul_upsample=same_init,
     )
 
 
