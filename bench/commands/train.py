@@ -62,12 +62,13 @@ def lr_sweep_table(result: dict) -> list[str]:
     rule = result.get("selected_by", "best_on_eval")
     lines = ["  lr        head       mIoU (last)  mIoU (best)"]
     for r in result["lr_sweep"]:
-        mark = "*" if r["lr"] == reported else " "
+        mark = "*" if r.get("reported", r["lr"] == reported) else " "
         lines.append(f"{mark} {r['lr']:<9g} {r.get('head', ''):<10} "
                      f"{r['last']['mIoU']:11.2f}  {r['best']['mIoU']:11.2f}")
     why = {"paper_lr": "the settings' lr", "best_on_eval": "best final mIoU on "
            f"{result['dataset']['eval_split']}"}.get(rule, rule)
-    lines.append(f"reported lr (*): {reported:g}, selected by {rule} ({why})")
+    head = f" ({result['reported_head']} head)" if "reported_head" in result else ""
+    lines.append(f"reported lr (*): {reported:g}{head}, selected by {rule} ({why})")
     return lines
 
 

@@ -49,7 +49,8 @@ class FrozenFeatures(nn.Module):
 
 
 class ProbeHeads(nn.Module):
-    """Heads ``i`` reads the feature maps ``inputs[i]`` (indices into the feature list).
+    """Heads ``i`` reads the feature maps ``inputs[i]`` (indices into the feature list);
+    ``head`` is one HEADS name for all, or one per head.
 
     ``same_init``: every head is drawn from the RNG state the first one starts from, and
     the global RNG is left where building one head leaves it, so each head (and whatever
@@ -62,19 +63,21 @@ class ProbeHeads(nn.Module):
         in_channels: Sequence[int],
         inputs: Sequence[Sequence[int]],
         num_classes: int,
-        head: str = "linear",
+        head: str | Sequence[str] = "linear",
         same_init: bool = False,
     ) -> None:
         super().__init__()
         self.inputs = [tuple(int(j) for j in sel) for sel in inputs]
         self.num_classes = num_classes
-        cls = HEADS.get(head)
+        kinds = [head] * len(self.inputs) if isinstance(head, str) else list(head)
+        if len(kinds) != len(self.inputs):
+            raise ValueError(f"{len(kinds)} head types for {len(self.inputs)} heads")
         heads = []
         start = torch.get_rng_state()
-        for sel in self.inputs:
+        for sel, kind in zip(self.inputs, kinds, strict=True):
             if same_init:
                 torch.set_rng_state(start)
-            heads.append(cls([in_channels[j] for j in sel], num_classes))
+            heads.append(HEADS.get(kind)([in_channels[j] for j in sel], num_classes))
         self.heads = nn.ModuleList(heads)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -185,7 +188,7 @@ def build_probe(
     layers: Sequence[int],
     inputs: Sequence[Sequence[int]],
     num_classes: int,
-    head: str = "linear",
+    head: str | Sequence[str] = "linear",
     ignore_index: int = 255,
     loss_norm: str = "all_pixels",
     same_init: bool = False,

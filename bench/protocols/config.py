@@ -274,14 +274,20 @@ class LinearProbeSettings(ProtocolSettings):
         "paper's). Which one is reported is `select`'s choice; every lr's numbers are kept "
         "in the result's `lr_sweep`.",
     )
+    sweep_heads: list[Literal["linear", "bn_linear"]] | None = Field(
+        None,
+        description="Head types of an lr sweep: one head per (type, lr of `sweep_lrs`), "
+        "types outermost, all trained together. None: `head` only.",
+    )
     select: Literal["paper_lr", "best_on_eval"] | None = Field(
         None,
-        description="Which head of an lr sweep the result reports: 'paper_lr' (the head "
-        "trained at `lr`, which must then be one of `sweep_lrs`: the paper's number, the "
-        "sweep only adds the other lrs beside it) or 'best_on_eval' (the best final mIoU "
-        "on the evaluation split, i.e. the lr is selected on the split it is scored on, "
-        "as usual for probe sweeps). None: 'paper_lr' for the on_the_fly sweep, "
-        "'best_on_eval' for cached mode (which has no paper lr). The result names the rule.",
+        description="Which head of an lr sweep the result reports: 'paper_lr' (the `head` "
+        "trained at `lr`, which must then be one of `sweep_lrs`, and `head` one of "
+        "`sweep_heads`: the paper's number, the sweep only adds the others beside it) or "
+        "'best_on_eval' (the best final mIoU on the evaluation split, i.e. the lr is "
+        "selected on the split it is scored on, as usual for probe sweeps). None: "
+        "'paper_lr' for the on_the_fly sweep, 'best_on_eval' for cached mode (which has no "
+        "paper lr). The result names the rule.",
     )
     cache_dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage type of cached features (halves memory at paper scale)."
@@ -298,8 +304,13 @@ class LinearProbeSettings(ProtocolSettings):
 
     @property
     def sweeps(self) -> bool:
-        """Whether this run trains one head per lr of `sweep_lrs`."""
+        """Whether this run trains one head per lr of `sweep_lrs` (and `sweep_heads` type)."""
         return self.mode == "cached" or self.sweep
+
+    @property
+    def sweep_grid(self) -> list[tuple[str, float]]:
+        """(head type, lr) of every head of the sweep, in training and result order."""
+        return [(h, lr) for h in (self.sweep_heads or [self.head]) for lr in self.sweep_lrs]
 
     @property
     def selection(self) -> str:
@@ -315,6 +326,12 @@ class LinearProbeSettings(ProtocolSettings):
                 "sweep: true applies to mode on_the_fly; cached mode always trains every lr "
                 "of sweep_lrs"
             )
+        if self.sweep_heads is not None and not self.sweeps:
+            raise ValueError("sweep_heads needs an lr sweep (sweep: true, or mode: cached)")
+        if self.sweep_heads is not None and (
+            not self.sweep_heads or len(set(self.sweep_heads)) != len(self.sweep_heads)
+        ):
+            raise ValueError(f"sweep_heads must list distinct head types, got {self.sweep_heads}")
         if self.select is not None and not self.sweeps:
             raise ValueError(
                 f"select: {self.select} needs an lr sweep (sweep: true, or mode: cached)"
@@ -323,6 +340,12 @@ class LinearProbeSettings(ProtocolSettings):
             raise ValueError(
                 f"lr {self.lr:g} is not one of sweep_lrs {self.sweep_lrs}; select: paper_lr "
                 "reports the head trained at lr (add it, or use select: best_on_eval)"
+            )
+        if (self.sweeps and self.selection == "paper_lr" and self.sweep_heads is not None
+                and self.head not in self.sweep_heads):
+            raise ValueError(
+                f"head {self.head} is not one of sweep_heads {self.sweep_heads}; select: "
+                "paper_lr reports that head type at lr"
             )
         return self
 

@@ -51,33 +51,35 @@ class CachedFeatureHeads(nn.Module):
         )
 
 
-def build_model(ctx: RunContext, num_heads: int, same_init: bool = False) -> Probe:
-    """``num_heads`` heads on the concatenated blocks; ``same_init`` (the on-the-fly
-    sweep): each starts from the weights a one-head probe gets under the same seed, and
-    the training loss upsamples by matrix products (equal to float rounding, cheaper)."""
+def build_model(ctx: RunContext, kinds: Sequence[str], same_init: bool = False) -> Probe:
+    """One head of each type of ``kinds`` on the concatenated blocks; ``same_init`` (the
+    on-the-fly sweep): each starts from the weights a one-head probe gets under the same
+    seed, and the training loss upsamples by matrix products (equal to float rounding,
+    cheaper)."""
     s = ctx.settings
     layers = list(s.layers)
     return build_probe(
-        ctx.backbone, layers, inputs=[list(range(len(layers)))] * num_heads,
-        num_classes=ctx.info.num_classes, head=s.head, ignore_index=ctx.info.ignore_index,
+        ctx.backbone, layers, inputs=[list(range(len(layers)))] * len(kinds),
+        num_classes=ctx.info.num_classes, head=list(kinds), ignore_index=ctx.info.ignore_index,
         loss_norm=s.loss_norm, same_init=same_init, matmul_upsample=same_init,
     )
 
 
-def sweep_result(s: LinearProbeSettings, lrs: Sequence[float], out: TrainOutcome
-                 ) -> dict[str, Any]:
+def sweep_result(s: LinearProbeSettings, out: TrainOutcome) -> dict[str, Any]:
     """The reported head's fields, which lr and rule chose it, and every head's numbers."""
+    grid = s.sweep_grid
     rule = s.selection
     if rule == "paper_lr":
-        pick = list(lrs).index(s.lr)  # the settings check that lr is swept
+        pick = grid.index((s.head, s.lr))  # the settings check that both are swept
     else:
-        pick = max(range(len(lrs)), key=lambda k: out.last[k]["mIoU"])
+        pick = max(range(len(grid)), key=lambda k: out.last[k]["mIoU"])
     sweep = [
-        {"lr": lr, "head": s.head, "last": last, "best": best, "reported": k == pick}
-        for k, (lr, last, best) in enumerate(zip(lrs, out.last, out.best, strict=True))
+        {"lr": lr, "head": kind, "last": last, "best": best, "reported": k == pick}
+        for k, ((kind, lr), last, best) in enumerate(zip(grid, out.last, out.best,
+                                                         strict=True))
     ]
-    return {**out.result(pick), "reported_lr": lrs[pick], "selected_by": rule,
-            "lr_sweep": sweep}
+    return {**out.result(pick), "reported_lr": grid[pick][1], "reported_head": grid[pick][0],
+            "selected_by": rule, "lr_sweep": sweep}
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -85,17 +87,18 @@ def run(ctx: RunContext) -> dict[str, Any]:
     assert isinstance(s, LinearProbeSettings)
     name = ctx.dataset["name"]
     if s.mode == "on_the_fly" and not s.sweep:
-        probe = build_model(ctx, 1)
+        probe = build_model(ctx, [s.head])
         out = train_heads(ctx, probe, [s.lr], probe, ctx.train_stream(ctx.train_set()),
                           f"linear probe {name}")
         return {"mode": "on_the_fly", **out.result()}
-    lrs = list(s.sweep_lrs)
+    kinds = [kind for kind, _ in s.sweep_grid]
+    lrs = [lr for _, lr in s.sweep_grid]
     if s.mode == "on_the_fly":
-        probe = build_model(ctx, len(lrs), same_init=True)
+        probe = build_model(ctx, kinds, same_init=True)
         out = train_heads(ctx, probe, lrs, probe, ctx.train_stream(ctx.train_set()),
                           f"linear probe sweep {name}", headwise_scaling=True)
-        return {"mode": "on_the_fly", **sweep_result(s, lrs, out)}
-    probe = build_model(ctx, len(lrs))
+        return {"mode": "on_the_fly", **sweep_result(s, out)}
+    probe = build_model(ctx, kinds)
     cache = FeatureCache(ctx)
     cache.build(probe.features.to(ctx.accelerator.device), progress=ctx.progress)
     trainer_view = CachedFeatureHeads(probe.heads, ctx.backbone.embed_dim,
@@ -103,4 +106,4 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                       s.loss_norm)
     out = train_heads(ctx, probe, lrs, trainer_view, cache.stream(ctx.micro_batch, ctx.seed),
                       f"linear probe sweep {name}")
-    return {"mode": "cached", **sweep_result(s, lrs, out), "cached_images": len(cache)}
+    return {"mode": "cached", **sweep_result(s, out), "cached_images": len(cache)}

@@ -52,33 +52,38 @@ def _close(a, b, what: str) -> None:
             assert x == y, f"{what}.{k}: {x} != {y}"
 
 
-@pytest.mark.parametrize("head", ["linear", "bn_linear"])
-def test_each_sweep_head_equals_the_single_lr_run(soda, tmp_path, head):
-    settings = {**BASE, "head": head}
+@pytest.mark.parametrize("sweep_heads", [None, ["linear", "bn_linear"]])
+def test_each_sweep_head_equals_the_single_run(soda, tmp_path, sweep_heads):
+    """Every (head type, lr) of the sweep against its own ordinary run."""
+    extra = {} if sweep_heads is None else {"sweep_heads": sweep_heads}
     swept = run_protocol("linear_probe", MODEL, dataset(soda),
-                         {**settings, "sweep": True, "sweep_lrs": LRS}, tmp_path / "sweep",
-                         progress=False)
+                         {**BASE, "sweep": True, "sweep_lrs": LRS, **extra},
+                         tmp_path / "sweep", progress=False)
     sweep_w = load_file(tmp_path / "sweep" / "final_weights.safetensors")
-    assert [row["lr"] for row in swept["lr_sweep"]] == LRS
+    grid = [(h, lr) for h in (sweep_heads or ["linear"]) for lr in LRS]
+    assert [(row["head"], row["lr"]) for row in swept["lr_sweep"]] == grid
     assert swept["mode"] == "on_the_fly" and swept["selected_by"] == "paper_lr"
-    for k, lr in enumerate(LRS):
-        single = run_protocol("linear_probe", MODEL, dataset(soda), {**settings, "lr": lr},
-                              tmp_path / f"lr{k}", progress=False)
+    for k, (head, lr) in enumerate(grid):
+        single = run_protocol("linear_probe", MODEL, dataset(soda),
+                              {**BASE, "head": head, "lr": lr}, tmp_path / f"h{k}",
+                              progress=False)
         assert "lr_sweep" not in single
-        single_w = load_file(tmp_path / f"lr{k}" / "final_weights.safetensors")
+        single_w = load_file(tmp_path / f"h{k}" / "final_weights.safetensors")
         for name, w in single_w.items():
             assert name.startswith("heads.0."), name
             mine = sweep_w[name.replace("heads.0.", f"heads.{k}.", 1)]
-            torch.testing.assert_close(mine, w, rtol=1e-5, atol=1e-6, msg=f"lr {lr}: {name}")
+            torch.testing.assert_close(mine, w, rtol=1e-5, atol=1e-6,
+                                       msg=f"{head} lr {lr}: {name}")
         row = swept["lr_sweep"][k]
-        assert row["head"] == head
-        _close(row["last"], single["last"], f"lr {lr} last")
-        _close(row["best"], single["best"], f"lr {lr} best")
+        _close(row["last"], single["last"], f"{head} lr {lr} last")
+        _close(row["best"], single["best"], f"{head} lr {lr} best")
         assert [h["iteration"] for h in swept["history"]] == [3, 6]
         for hs, h1 in zip(swept["history"], single["history"], strict=True):
             assert math.isclose(hs["mIoU"][k], h1["mIoU"][0], rel_tol=1e-5, abs_tol=1e-4)
-        if lr == TINY["lr"]:  # the paper's lr (the settings' lr) is the reported head
-            assert swept["reported_lr"] == lr and row["reported"]
+        paper = head == "linear" and lr == TINY["lr"]  # the settings' head and lr
+        assert row["reported"] == paper
+        if paper:
+            assert swept["reported_lr"] == lr and swept["reported_head"] == head
             _close(swept["metrics"], single["metrics"], "reported")
     # Two orders of magnitude apart, the heads must differ: the comparison above has teeth.
     assert swept["lr_sweep"][0]["last"] != swept["lr_sweep"][2]["last"]
@@ -112,7 +117,7 @@ def test_cli_train_prints_every_head_and_marks_the_reported_one(soda, tmp_path, 
     assert len(rows) == 2
     assert rows[0].startswith("  0.0001") and rows[1].startswith("* 0.001")
     assert f"{r['lr_sweep'][1]['last']['mIoU']:.2f}" in rows[1]
-    assert "reported lr (*): 0.001, selected by paper_lr (the settings' lr)" in out
+    assert "reported lr (*): 0.001 (linear head), selected by paper_lr (the settings' lr)" in out
     # The per-class table below is the reported head's.
     assert f"{r['metrics']['mIoU']:.2f}" in out and r["metrics"] == r["lr_sweep"][1]["last"]
 
@@ -198,3 +203,13 @@ def test_loss_scaled_sweep_resumes_bit_identically(soda, tmp_path, monkeypatch):
     assert ends[0]["scaler"] == ends[1]["scaler"]
     for name, w in ends[0]["model"].items():
         assert torch.equal(w, ends[1]["model"][name]), name
+
+
+def test_cached_sweep_over_head_types(soda, tmp_path):
+    r = run_protocol("linear_probe", MODEL, dataset(soda),
+                     {**TINY, "iters": 2, "mode": "cached", "sweep_lrs": [1e-3],
+                      "sweep_heads": ["linear", "bn_linear"]}, tmp_path, progress=False)
+    assert [(row["head"], row["lr"]) for row in r["lr_sweep"]] == [("linear", 1e-3),
+                                                                    ("bn_linear", 1e-3)]
+    assert r["selected_by"] == "best_on_eval"
+    assert r["lr_sweep"][0]["last"] != r["lr_sweep"][1]["last"]  # BN changes the head

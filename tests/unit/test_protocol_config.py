@@ -78,6 +78,12 @@ def test_linear_probe_sweep_settings():
     chosen = resolve_settings("linear_probe", "soda", "mae", "S",
                               {"sweep": True, "select": "best_on_eval", "lr": 5e-4})
     assert chosen.selection == "best_on_eval"  # no paper lr needed in the sweep
+    both = resolve_settings("linear_probe", "soda", "mae", "S",
+                            {"sweep": True, "sweep_lrs": [1e-4, 1e-3],
+                             "sweep_heads": ["bn_linear", "linear"]})
+    assert both.sweep_grid == [("bn_linear", 1e-4), ("bn_linear", 1e-3), ("linear", 1e-4),
+                               ("linear", 1e-3)]
+    assert swept.sweep_grid == [("linear", lr) for lr in swept.sweep_lrs]
 
 
 @pytest.mark.parametrize(
@@ -88,6 +94,10 @@ def test_linear_probe_sweep_settings():
         ({"sweep": True, "mode": "cached"}, "sweep: true applies to mode on_the_fly"),
         ({"select": "best_on_eval"}, "select: best_on_eval needs an lr sweep"),
         ({"sweep": True, "sweep_lrs": [1e-4, 1e-4]}, "sweep_lrs repeats an lr"),
+        ({"sweep_heads": ["bn_linear"]}, "sweep_heads needs an lr sweep"),
+        ({"sweep": True, "sweep_heads": ["bn_linear"]}, "head linear is not one of sweep_heads"),
+        ({"sweep": True, "sweep_heads": []}, "distinct head types"),
+        ({"sweep": True, "sweep_heads": ["linear", "linear"]}, "distinct head types"),
     ],
 )
 def test_linear_probe_sweep_settings_refused(overrides, message):
