@@ -40,4 +40,8 @@ def upsample_logits_matmul(
     dev = str(logits.device)
     a_h = bilinear_matrix(padded[0], h, size[0], dev)
     a_w = bilinear_matrix(padded[1], w, size[1], dev)
-    return torch.matmul(a_h, torch.matmul(logits, a_w.t()))
+    # In fp32 and rounded once to the logits' type, as upsample_bilinear2d computes a
+    # half-precision input; autocast would round after each of the two products.
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        out = torch.matmul(a_h, torch.matmul(logits.float(), a_w.t()))
+    return out.to(logits.dtype)

@@ -38,3 +38,18 @@ def test_rows_are_torchs_interpolation_weights():
         mine = bilinear_matrix(out_size, in_size, out_size, "cpu").double()
         torch.testing.assert_close(mine, ref, rtol=0, atol=1e-7)
         assert torch.allclose(mine.sum(1), torch.ones(out_size, dtype=torch.float64))
+
+
+def test_half_precision_logits_round_once_like_interpolate():
+    # Mixed precision hands the loss bf16/fp16 logits: one rounding of the fp32 result,
+    # as upsample_bilinear2d does, so both agree to the type's last bit.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 21, 8, 8, generator=g).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mine = upsample_logits_matmul(x, (128, 128), 16)
+    ref = upsample_logits(x, (128, 128), 16)
+    assert mine.dtype == ref.dtype == torch.bfloat16
+    ulp = 2.0**-7  # bf16's relative spacing
+    diff = (mine.float() - ref.float()).abs() / ref.float().abs().clamp(min=1e-3)
+    assert diff.max().item() <= ulp
+    assert (mine == ref).float().mean().item() > 0.99
