@@ -40,11 +40,7 @@ def summary(result: dict, class_names: list[str]) -> str:
         if "best_layer" in result:
             lines.append(f"best block: {result['best_layer']}")
     if result.get("lr_sweep"):
-        lines.append(f"lr        {key + ' (last)':>11}  {key + ' (best)':>11}")
-        lines += [f"{r['lr']:<9g} {_number(r['last'].get(key)):>11}  "
-                  f"{_number(r['best'].get(key)):>11}" for r in result["lr_sweep"]]
-        if "best_lr" in result:
-            lines.append(f"best lr: {result['best_lr']:g}")
+        lines += lr_sweep_table(result)
     if {"per_class_iou", "per_class_acc", "mIoU", "mAcc", "aAcc"} <= set(metrics):
         lines.append(format_per_class_table(metrics, class_names))
     for m in declared_metrics or ():
@@ -57,6 +53,23 @@ def summary(result: dict, class_names: list[str]) -> str:
     if key in best and "iteration" in best:
         lines.append(f"best {key} {_number(best[key])} at iteration {best['iteration']}")
     return "\n".join(lines)
+
+
+def lr_sweep_table(result: dict) -> list[str]:
+    """One line per head of an lr sweep, the reported one marked, and the rule that chose
+    it (results written before ``selected_by`` existed reported the best final mIoU)."""
+    reported = result.get("reported_lr", result.get("best_lr"))
+    rule = result.get("selected_by", "best_on_eval")
+    lines = ["  lr        head       mIoU (last)  mIoU (best)"]
+    for r in result["lr_sweep"]:
+        mark = "*" if r.get("reported", r["lr"] == reported) else " "
+        lines.append(f"{mark} {r['lr']:<9g} {r.get('head', ''):<10} "
+                     f"{r['last']['mIoU']:11.2f}  {r['best']['mIoU']:11.2f}")
+    why = {"paper_lr": "the settings' lr", "best_on_eval": "best final mIoU on "
+           f"{result['dataset']['eval_split']}"}.get(rule, rule)
+    head = f" ({result['reported_head']} head)" if "reported_head" in result else ""
+    lines.append(f"reported lr (*): {reported:g}{head}, selected by {rule} ({why})")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -240,7 +240,12 @@ class FineTuneSettings(ProtocolSettings):
 
 
 class LinearProbeSettings(ProtocolSettings):
-    """Frozen backbone; blocks `layers` concatenated (4·D) into one 1x1 conv head."""
+    """Frozen backbone; blocks `layers` concatenated (4·D) into one 1x1 conv head.
+
+    An lr sweep trains one head per lr of `sweep_lrs` on the same batches, one frozen
+    backbone forward per step: always in cached mode, with `sweep` in on_the_fly mode.
+    `select` says which head the result reports; every head is kept in `lr_sweep`.
+    """
 
     head: Literal["linear", "bn_linear"] = Field(
         "linear", description="'linear' (official configs: 1x1 conv) or 'bn_linear' (BN first)."
@@ -251,13 +256,35 @@ class LinearProbeSettings(ProtocolSettings):
         "features of test-transformed, centre-cropped images computed once and reused "
         "by every lr of `sweep_lrs` (not the paper's protocol, recorded with the result).",
     )
+    sweep: bool = Field(
+        False,
+        description="on_the_fly mode: train one head per lr of `sweep_lrs` together, on the "
+        "same augmented batches with one frozen-backbone forward per step (as DINOv2's "
+        "linear evaluation). Each head is initialised, fed, optimised and evaluated as the "
+        "single-lr run with the same seed would be, so it equals that run. Off (default): "
+        "the paper's single lr `lr`. Cached mode always sweeps.",
+    )
     sweep_lrs: list[float] = Field(
         [1e-4, 3e-4, 1e-3, 3e-3],
         min_length=1,
-        description="Learning rates trained together in cached mode (ours, not the paper's). "
-        "The reported metrics are the lr with the best final mIoU on the evaluation split, "
-        "i.e. the lr is selected on that split, as usual for probe sweeps; every lr's "
-        "numbers are kept in the result's `lr_sweep`.",
+        description="Learning rates of an lr sweep (`sweep`, or cached mode; ours, not the "
+        "paper's). Which one is reported is `select`'s choice; every lr's numbers are kept "
+        "in the result's `lr_sweep`.",
+    )
+    sweep_heads: list[Literal["linear", "bn_linear"]] | None = Field(
+        None,
+        description="Head types of an lr sweep: one head per (type, lr of `sweep_lrs`), "
+        "types outermost, all trained together. None: `head` only.",
+    )
+    select: Literal["paper_lr", "best_on_eval"] | None = Field(
+        None,
+        description="Which head of an lr sweep the result reports: 'paper_lr' (the `head` "
+        "trained at `lr`, which must then be one of `sweep_lrs`, and `head` one of "
+        "`sweep_heads`: the paper's number, the sweep only adds the others beside it) or "
+        "'best_on_eval' (the best final mIoU on the evaluation split, i.e. the lr is "
+        "selected on the split it is scored on, as usual for probe sweeps). None: "
+        "'paper_lr' for the on_the_fly sweep, 'best_on_eval' for cached mode (which has no "
+        "paper lr). The result names the rule.",
     )
     cache_dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage type of cached features (halves memory at paper scale)."
@@ -268,7 +295,56 @@ class LinearProbeSettings(ProtocolSettings):
     def _positive_lrs(cls, v: list[float]) -> list[float]:
         if any(not 0 < lr <= MAX_LR for lr in v):
             raise ValueError(f"every sweep lr must be in (0, {MAX_LR:g}], got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"sweep_lrs repeats an lr: {v}")
         return v
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether this run trains one head per lr of `sweep_lrs` (and `sweep_heads` type)."""
+        return self.mode == "cached" or self.sweep
+
+    @property
+    def sweep_grid(self) -> list[tuple[str, float]]:
+        """(head type, lr) of every head of the sweep, in training and result order."""
+        return [(h, lr) for h in (self.sweep_heads or [self.head]) for lr in self.sweep_lrs]
+
+    @property
+    def selection(self) -> str:
+        """The rule that picks the reported head of a sweep (`select`, or the mode's own)."""
+        if self.select is not None:
+            return self.select
+        return "best_on_eval" if self.mode == "cached" else "paper_lr"
+
+    @model_validator(mode="after")
+    def _sweep_consistent(self) -> LinearProbeSettings:
+        if self.sweep and self.mode == "cached":
+            raise ValueError(
+                "sweep: true applies to mode on_the_fly; cached mode always trains every lr "
+                "of sweep_lrs"
+            )
+        if self.sweep_heads is not None and not self.sweeps:
+            raise ValueError("sweep_heads needs an lr sweep (sweep: true, or mode: cached)")
+        if self.sweep_heads is not None and (
+            not self.sweep_heads or len(set(self.sweep_heads)) != len(self.sweep_heads)
+        ):
+            raise ValueError(f"sweep_heads must list distinct head types, got {self.sweep_heads}")
+        if self.select is not None and not self.sweeps:
+            raise ValueError(
+                f"select: {self.select} needs an lr sweep (sweep: true, or mode: cached)"
+            )
+        if self.sweeps and self.selection == "paper_lr" and self.lr not in self.sweep_lrs:
+            raise ValueError(
+                f"lr {self.lr:g} is not one of sweep_lrs {self.sweep_lrs}; select: paper_lr "
+                "reports the head trained at lr (add it, or use select: best_on_eval)"
+            )
+        if (self.sweeps and self.selection == "paper_lr" and self.sweep_heads is not None
+                and self.head not in self.sweep_heads):
+            raise ValueError(
+                f"head {self.head} is not one of sweep_heads {self.sweep_heads}; select: "
+                "paper_lr reports that head type at lr"
+            )
+        return self
 
 
 class LayerwiseProbeSettings(ProtocolSettings):

@@ -255,7 +255,9 @@ def test_linear_probe_cached_sweep_records_each_lr(soda, tmp_path):
     assert [row["lr"] for row in r["lr_sweep"]] == lrs
     assert r["cached_images"] == 16
     best = max(r["lr_sweep"], key=lambda row: row["last"]["mIoU"])
-    assert r["best_lr"] == best["lr"] and r["metrics"] == best["last"]
+    # Cached mode has no paper lr: by default the best final mIoU is reported, and said so.
+    assert r["selected_by"] == "best_on_eval"
+    assert r["reported_lr"] == best["lr"] and r["metrics"] == best["last"]
     # Two learning rates two orders apart cannot give the same head.
     assert r["lr_sweep"][0]["last"] != r["lr_sweep"][1]["last"]
 

@@ -67,6 +67,44 @@ def test_probe_settings():
     assert not hasattr(lw, "layer_decay")
 
 
+def test_linear_probe_sweep_settings():
+    paper = resolve_settings("linear_probe", "soda", "mae", "S", {})
+    assert (paper.mode, paper.sweep, paper.sweeps) == ("on_the_fly", False, False)
+    assert paper.lr == 1e-4 and paper.lr in paper.sweep_lrs  # sweep: true works as is
+    swept = resolve_settings("linear_probe", "soda", "mae", "S", {"sweep": True})
+    assert swept.sweeps and swept.selection == "paper_lr"
+    cached = resolve_settings("linear_probe", "soda", "mae", "S", {"mode": "cached"})
+    assert cached.sweeps and cached.selection == "best_on_eval"
+    chosen = resolve_settings("linear_probe", "soda", "mae", "S",
+                              {"sweep": True, "select": "best_on_eval", "lr": 5e-4})
+    assert chosen.selection == "best_on_eval"  # no paper lr needed in the sweep
+    both = resolve_settings("linear_probe", "soda", "mae", "S",
+                            {"sweep": True, "sweep_lrs": [1e-4, 1e-3],
+                             "sweep_heads": ["bn_linear", "linear"]})
+    assert both.sweep_grid == [("bn_linear", 1e-4), ("bn_linear", 1e-3), ("linear", 1e-4),
+                               ("linear", 1e-3)]
+    assert swept.sweep_grid == [("linear", lr) for lr in swept.sweep_lrs]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sweep": True, "lr": 5e-4}, "lr 0.0005 is not one of sweep_lrs"),
+        ({"mode": "cached", "select": "paper_lr", "lr": 5e-4}, "is not one of sweep_lrs"),
+        ({"sweep": True, "mode": "cached"}, "sweep: true applies to mode on_the_fly"),
+        ({"select": "best_on_eval"}, "select: best_on_eval needs an lr sweep"),
+        ({"sweep": True, "sweep_lrs": [1e-4, 1e-4]}, "sweep_lrs repeats an lr"),
+        ({"sweep_heads": ["bn_linear"]}, "sweep_heads needs an lr sweep"),
+        ({"sweep": True, "sweep_heads": ["bn_linear"]}, "head linear is not one of sweep_heads"),
+        ({"sweep": True, "sweep_heads": []}, "distinct head types"),
+        ({"sweep": True, "sweep_heads": ["linear", "linear"]}, "distinct head types"),
+    ],
+)
+def test_linear_probe_sweep_settings_refused(overrides, message):
+    with pytest.raises(ValidationError, match=message):
+        resolve_settings("linear_probe", "soda", "mae", "S", overrides)
+
+
 def test_unknown_keys_and_bad_values_are_errors():
     with pytest.raises(ValueError, match="Did you mean 'warmup_iters'"):
         resolve_settings("fine_tune", "soda", "mae", "S", {"warmup_iter": 10})
