@@ -119,7 +119,7 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
     only for deciding which datasets to generate, never for ids that are stored.
     """
     from bench.identity import IDENTITY_SCHEME, data_content, run_splits
-    from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS
+    from bench.protocols.config import identity_settings
     from bench.protocols.registry import get_protocol
     from bench.suite_checks import resolved_settings
 
@@ -155,9 +155,9 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
                         },
                         "dataset": {"name": d.name, "layout": d.layout,
                                     "content": contents[di, splits]},
-                        # What to keep on disk is not part of what is computed.
-                        "settings": {k: v for k, v in settings.items()
-                                     if k not in IDENTITY_EXEMPT_SETTINGS},
+                        # As the runner's identity: what to keep on disk, and added
+                        # options at their default, are not part of what is computed.
+                        "settings": identity_settings(settings, get_protocol(protocol).settings),
                         "seed": seed,
                     }
                     runs.append(Run(

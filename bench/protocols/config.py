@@ -14,6 +14,7 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from bench.choices import yaml_bools_to_choices
 from bench.protocols.optim import WeightDecayRule, check_betas
@@ -22,6 +23,27 @@ from bench.registry import did_you_mean
 # Settings that say what to keep on disk, not what is computed: changing them must not
 # change a run's identity (run id, resume fingerprint), so the hashes leave them out.
 IDENTITY_EXEMPT_SETTINGS = frozenset({"keep_training_state", "save_final_weights"})
+
+# Marks an option added to a protocol after its version was fixed: while it keeps its
+# default it stays out of the run identity, so adding an option never reruns (or orphans)
+# a finished result; set to anything else it is part of the identity like any setting.
+ADDED_OPTION = {"identity": "unless_default"}
+
+
+def identity_settings(settings: dict[str, Any], cls: type[BaseModel]) -> dict[str, Any]:
+    """The settings (a JSON dump of ``cls``) that decide a run's numbers: without those
+    that only say what to keep on disk, and without added options left at their default."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in IDENTITY_EXEMPT_SETTINGS:
+            continue
+        f = cls.model_fields.get(key)
+        if f is not None and f.json_schema_extra == ADDED_OPTION and value == to_jsonable_python(
+            f.get_default(call_default_factory=True)
+        ):
+            continue
+        out[key] = value
+    return out
 
 # Largest learning rate accepted: AdamW moves each weight by about lr per step, so an lr
 # beyond this is a typo (1e45), not a choice: refused up front, not left to diverge.
@@ -258,6 +280,7 @@ class LinearProbeSettings(ProtocolSettings):
     )
     sweep: bool = Field(
         False,
+        json_schema_extra=ADDED_OPTION,
         description="on_the_fly mode: train one head per lr of `sweep_lrs` together, on the "
         "same augmented batches with one frozen-backbone forward per step (as DINOv2's "
         "linear evaluation). Each head is initialised, fed, optimised and evaluated as the "
@@ -273,11 +296,13 @@ class LinearProbeSettings(ProtocolSettings):
     )
     sweep_heads: list[Literal["linear", "bn_linear"]] | None = Field(
         None,
+        json_schema_extra=ADDED_OPTION,
         description="Head types of an lr sweep: one head per (type, lr of `sweep_lrs`), "
         "types outermost, all trained together. None: `head` only.",
     )
     select: Literal["paper_lr", "best_on_eval"] | None = Field(
         None,
+        json_schema_extra=ADDED_OPTION,
         description="Which head of an lr sweep the result reports: 'paper_lr' (the `head` "
         "trained at `lr`, which must then be one of `sweep_lrs`, and `head` one of "
         "`sweep_heads`: the paper's number, the sweep only adds the others beside it) or "

@@ -22,7 +22,7 @@ from bench.diskio import atomic_write_text, check_writable_dir
 from bench.identity import IDENTITY_SCHEME, data_content, differences, matched_on, run_splits
 from bench.jsonsafe import json_safe
 from bench.protocols.checkpointing import finish_workdir, run_fingerprint
-from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS, ProtocolSettings, resolve_settings
+from bench.protocols.config import ProtocolSettings, identity_settings, resolve_settings
 from bench.protocols.context import RunContext
 from bench.protocols.registry import Protocol, get_protocol
 from bench.protocols.runtime import device_description, make_accelerator
@@ -90,8 +90,9 @@ def run_identity(
         "dataset": {"name": dataset["name"], "layout": dataset["layout"],
                     "content": data_content(dataset["name"], dataset["root"], splits,
                                             dataset["layout"])},
-        # What to keep on disk is not part of what is computed.
-        "settings": {k: v for k, v in settings.items() if k not in IDENTITY_EXEMPT_SETTINGS},
+        # What to keep on disk is not part of what is computed; nor is an added option
+        # left at its default.
+        "settings": identity_settings(settings, get_protocol(proto).settings),
         "seed": seed,
     }
 

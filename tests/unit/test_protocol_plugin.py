@@ -233,18 +233,18 @@ def test_unknown_protocols_fail_clearly_everywhere(tmp_path, soda) -> None:
     from bench.flops import protocol_flops
     from bench.protocols import run_protocol
 
-    msg = r"unknown protocol 'knn'; use one of fine_tune, layerwise_probe, linear_probe"
+    msg = r"unknown protocol 'zeroshot'; known: fine_tune, .*linear_probe"
     with pytest.raises(UnknownProtocol, match=msg):
-        resolve_settings("knn", "soda", "mae", "T")
+        resolve_settings("zeroshot", "soda", "mae", "T")
     with pytest.raises(UnknownProtocol, match=msg):
-        run_protocol("knn", MODEL, {"name": "soda", "root": soda}, workdir=tmp_path)
+        run_protocol("zeroshot", MODEL, {"name": "soda", "root": soda}, workdir=tmp_path)
     with pytest.raises(UnknownProtocol, match=msg):
-        protocol_flops("knn", None, "mae", "tiny", 21)
+        protocol_flops("zeroshot", None, "mae", "tiny", 21)
     with pytest.raises(UnknownProtocol, match=msg):
-        settings_from_dict("knn", {})
+        settings_from_dict("zeroshot", {})
     with pytest.raises(UnknownProtocol, match="Did you mean 'fine_tune'"):
         get_protocol("fine_tun")
-    assert main(["train", "knn", "--adapter", "mae", "--size", "T", "--dataset", "soda",
+    assert main(["train", "zeroshot", "--adapter", "mae", "--size", "T", "--dataset", "soda",
                  "--root", str(soda), "--workdir", str(tmp_path / "w")]) == 2
     assert not (tmp_path / "w").exists()
 

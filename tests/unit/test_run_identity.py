@@ -159,3 +159,18 @@ def test_an_unreadable_done_line_does_not_count(tmp_path: Path) -> None:
     assert append_record(store, record("a"))
     with pytest.warns(UserWarning, match="invalid record"):
         assert [r.run_id for r in read_records(store)] == ["a"]
+
+
+def test_added_options_leave_the_identity_only_at_their_default() -> None:
+    """The lr-sweep options came after linear_probe 2.0: at their defaults the identity is
+    the one stored results were written with; set, they are part of it."""
+    from bench.protocols.config import LinearProbeSettings, identity_settings
+
+    base = {"iters": 10, "warmup_iters": 1}
+    plain = LinearProbeSettings(**base).model_dump(mode="json")
+    kept = identity_settings(plain, LinearProbeSettings)
+    assert not {"sweep", "sweep_heads", "select", "keep_training_state"} & set(kept)
+    assert kept["sweep_lrs"] == [1e-4, 3e-4, 1e-3, 3e-3]  # an original setting stays
+    swept = LinearProbeSettings(**base, sweep=True, select="best_on_eval").model_dump(mode="json")
+    assert {"sweep": True, "select": "best_on_eval"}.items() <= identity_settings(
+        swept, LinearProbeSettings).items()
