@@ -26,13 +26,16 @@ PROTOCOL_VERSION = "2.0"
 
 # Settings that say what to keep on disk, not what is computed: changing them must not
 # change a run's identity (run id, resume fingerprint), so the hashes leave them out.
-IDENTITY_EXEMPT_SETTINGS = frozenset({"keep_training_state", "save_final_weights"})
+# `compile` is a runtime choice like the device: eager and compiled steps agree to float
+# tolerance, so switching it neither reruns a finished run nor refuses a resume.
+IDENTITY_EXEMPT_SETTINGS = frozenset({"keep_training_state", "save_final_weights", "compile"})
 
 # Largest learning rate accepted: AdamW moves each weight by about lr per step, so an lr
 # beyond this is a typo (1e45), not a choice: refused up front, not left to diverge.
 MAX_LR = 10.0
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+Compile = Literal["auto", "on", "off"]
 LossNorm = Literal["all_pixels", "labelled_pixels"]
 
 
@@ -135,6 +138,12 @@ class ProtocolSettings(BaseModel):
         "auto",
         description="'auto': fp16 + GradScaler on CUDA, full precision on CPU; "
         "'bf16' autocasts on CPU too; 'no' never autocasts.",
+    )
+    compile: Compile = Field(
+        "off",
+        description="torch.compile the model of the training step: 'auto' on CUDA only, "
+        "'on', 'off' (YAML booleans accepted). Checkpoints hold the plain module's weights. "
+        "Not part of the run's identity.",
     )
     log_interval: int = Field(20, gt=0, description="Progress-bar loss refresh, in steps.")
     keep_training_state: bool = Field(
