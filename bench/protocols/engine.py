@@ -120,6 +120,7 @@ class TrainingEngine:
     ``model`` is the accelerate-prepared module (DDP-wrapped on several processes) the
     step function is given, compiled when ``loop.compile``; ``state_module`` is the plain
     module whose state dict the checkpoint holds (never a compiled or DDP wrapper).
+    Without a ``store`` nothing is saved or resumed (benchmarks, throw-away loops).
     """
 
     def __init__(
@@ -132,13 +133,15 @@ class TrainingEngine:
         batches: Batches,
         step: StepFn,
         loop: LoopSettings,
-        store: StateStore,
+        store: StateStore | None,
         evaluator: Evaluator | None = None,
         progress: bool = True,
         description: str = "train",
         on_step: Sequence[Callable[[StepEnd], None]] = (),
         on_log: Sequence[Callable[[LogRecord], None]] = (),
     ) -> None:
+        if store is None and (loop.checkpoint_interval or loop.checkpoint_at_end):
+            raise ValueError("checkpoints were asked for, but the engine has no state store")
         self.acc = accelerator
         self.model = model
         self.train_model = compile_model(model) if loop.compile else model
@@ -185,6 +188,7 @@ class TrainingEngine:
             self.acc.scaler.load_state_dict(state["scaler"])
         if self.evaluator is not None:
             self.evaluator.load_state_dict(state)
+        assert self.store is not None  # a saved state came from it
         self.store.restore_rng(state)
 
     def _elapsed(self) -> float:
@@ -203,7 +207,7 @@ class TrainingEngine:
             kept = (
                 f"the last good checkpoint ({self.store.path}, iteration {self.saved_at}) "
                 "is kept"
-                if self.saved_at is not None
+                if self.store is not None and self.saved_at is not None
                 else "no checkpoint had been written yet"
             )
             raise TrainingDiverged(
@@ -230,7 +234,7 @@ class TrainingEngine:
     def run(self) -> LoopOutcome:
         loop = self.loop
         accum = loop.accum_steps
-        saved = self.store.load()
+        saved = self.store.load() if self.store is not None else None
         self._session_start = time.perf_counter()
         self._elapsed_before = float(saved.get("elapsed_s", 0.0)) if saved is not None else 0.0
         start = 0
@@ -248,7 +252,7 @@ class TrainingEngine:
             stream = self.batches(start * accum)
         bar = Progress(loop.iters, start, self.description,
                        enabled=self.progress and self.acc.is_main_process)
-        if saved is not None:
+        if self.store is not None and saved is not None:
             bar.resumed(f"checkpoint {self.store.path}")
         for it in range(start, loop.iters):
             self.model.train()
@@ -283,8 +287,9 @@ class TrainingEngine:
                 done % loop.eval_interval == 0 and done < loop.iters
             ):
                 self.evaluator(done)
-            if (loop.checkpoint_interval and done % loop.checkpoint_interval == 0) or (
-                loop.checkpoint_at_end and done == loop.iters
+            if self.store is not None and (
+                (loop.checkpoint_interval and done % loop.checkpoint_interval == 0)
+                or (loop.checkpoint_at_end and done == loop.iters)
             ):
                 self.store.save(done, self._state(train_loss, (running, seen)))
                 self.saved_at = done

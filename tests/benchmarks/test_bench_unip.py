@@ -40,21 +40,6 @@ IMG, BATCH, TEACHER_LAYER = 224, 4, 9
 STEPS = 2  # optimiser steps per timed call, on each side
 
 
-class NoStore:
-    """The engine's state store when nothing is saved: no checkpoint, ever."""
-
-    path = Path("unsaved")
-
-    def load(self) -> None:
-        return None
-
-    def save(self, iteration: int, state: dict) -> None:
-        raise AssertionError("the benchmark's loop never checkpoints")
-
-    def restore_rng(self, state: dict) -> None:
-        raise AssertionError("nothing to restore")
-
-
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     before = torch.get_num_threads()
@@ -107,7 +92,7 @@ def test_distill_step_costs_at_most_1p1x_a_bare_loop(
 
     def trainer_steps() -> None:
         engine = TrainingEngine(acc, model, opt, sched, student.vit, lambda start: iter(
-            [x] * STEPS), step, loop, NoStore(), progress=False, on_log=[log])  # fmt: skip
+            [x] * STEPS), step, loop, None, progress=False, on_log=[log])  # fmt: skip
         engine.run()
 
     bare_groups = param_groups(bare_student.named_parameters(), lr, 0.05)

@@ -22,7 +22,7 @@ from torch import nn
 from bench.protocols import runtime
 from bench.protocols.checkpointing import Checkpointer, run_fingerprint
 from bench.protocols.config import IDENTITY_EXEMPT_SETTINGS, resolve_settings
-from bench.protocols.engine import LoopSettings, StepEnd, TrainingEngine
+from bench.protocols.engine import LoopSettings, StepEnd, TrainingDiverged, TrainingEngine
 from bench.protocols.runtime import compile_supported, resolve_compile
 
 needs_compile = pytest.mark.skipif(not compile_supported(), reason="torch.compile unsupported")
@@ -146,3 +146,79 @@ def test_compile_setting_reads_yaml_booleans_and_leaves_identity_alone() -> None
     assert "compile" in IDENTITY_EXEMPT_SETTINGS
     on, off = settings(True).model_dump(), settings(False).model_dump()
     assert run_fingerprint({"settings": on}) == run_fingerprint({"settings": off})
+
+
+# ---------------------------------------------------------------------------- the loop
+class Linear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": F.mse_loss(self.fc(x).squeeze(1), y)}
+
+
+def _linear_engine(
+    workdir: Path | None, micro: int, accum: int, step=_step, iters: int = 4
+) -> tuple[TrainingEngine, nn.Module]:
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 3, generator=g), torch.randn(8, generator=g)) for _ in range(iters)]
+    micro_batches = [{"img": x[i:i + micro], "label": y[i:i + micro]}
+                     for x, y in data for i in range(0, 8, micro)]  # fmt: skip
+    model = Linear()
+    acc = Accelerator(cpu=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    prepared, opt = acc.prepare(model, opt)
+    store = Checkpointer(workdir, acc, "linear") if workdir is not None else None
+    loop = LoopSettings(iters=iters, accum_steps=accum, log_interval=2,
+                        checkpoint_interval=2 if store is not None else 0)  # fmt: skip
+    engine = TrainingEngine(acc, prepared, opt, sched, model,
+                            lambda start: iter(micro_batches[start:]), step, loop, store,
+                            progress=False)  # fmt: skip
+    return engine, model
+
+
+def test_accumulated_micro_batches_step_like_one_batch() -> None:
+    """Four micro-batches of 2, gradients accumulated, make the step a batch of 8 makes
+    (equal-sized micro-batches: the mean of means is the mean)."""
+    whole, a = _linear_engine(None, micro=8, accum=1)
+    split, b = _linear_engine(None, micro=2, accum=4)
+    out_whole, out_split = whole.run(), split.run()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert [r["iteration"] for r in out_split.train_loss] == [2, 4]
+    assert out_split.train_loss[-1]["loss"] == pytest.approx(out_whole.train_loss[-1]["loss"])
+    assert out_split.last_loss == out_split.train_loss[-1]["loss"]
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_optimiser_step(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def third_step_diverges(model: nn.Module, batch: dict) -> torch.Tensor:
+        calls["n"] += 1
+        loss = _step(model, batch)
+        return loss * float("inf") if calls["n"] == 6 else loss  # step 3, 2nd micro-batch
+
+    engine, model = _linear_engine(tmp_path, micro=4, accum=2, step=third_step_diverges)
+    with pytest.raises(TrainingDiverged, match=r"loss became inf at iteration 3 of 4; the "
+                       r"last good checkpoint \(.*checkpoint.pt, iteration 2\) is kept\. Lower lr"):
+        engine.run()
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert saved["iteration"] == 2
+    # Steps 1 and 2 moved the weights; step 3's update never happened.
+    fresh, _ = _linear_engine(None, micro=4, accum=2, iters=2)
+    fresh.run()
+    for name, value in fresh.state_module.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_checkpoints_need_a_store() -> None:
+    acc = Accelerator(cpu=True)
+    model = Linear()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    with pytest.raises(ValueError, match="checkpoints were asked for"):
+        TrainingEngine(acc, model, opt, sched, model, lambda s: iter([]), _step,
+                       LoopSettings(iters=2, checkpoint_at_end=True), None)  # fmt: skip
