@@ -4,8 +4,10 @@ Both sides are the training engine with the protocols' step (accelerate-prepared
 UPerNet + auxiliary FCN, AdamW, schedule, finite-loss check), the same weights, batches
 and settings; only ``LoopSettings.compile`` differs. Each side first runs one warm-up
 step, untimed in the ratio: for the compiled side that is ``torch.compile``'s tracing and
-code generation, reported on its own. Then timed rounds alternate between the sides and
-the fastest round of each is compared (other processes only ever add time). Target:
+code generation (wall time, its compiler runs in worker processes), reported on its own.
+Then timed rounds alternate between the sides and the fastest round of each is compared.
+Cost is CPU time on one intra-op thread (``time.process_time``): on a machine shared with
+other jobs, wall time measures the queue for the cores more than the work. Target:
 compiled / eager <= 0.9 per step.
 
 Where the time goes decides the ratio: on a CPU, convolutions (UPerNet's 3x3 convs at 1/4
@@ -89,24 +91,24 @@ def _measure(rounds: int) -> dict[str, float]:
     best = dict.fromkeys(engines, float("inf"))
     for _ in range(rounds):
         for name, engine in engines.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             engine.run()
-            best[name] = min(best[name], (time.perf_counter() - t0) / STEPS)
+            best[name] = min(best[name], (time.process_time() - t0) / STEPS)
     return {**out, "eager_s": best["eager"], "compiled_s": best["compiled"]}
 
 
 def test_compiled_finetune_step_is_faster_than_eager(benchmark, timing_target) -> None:
     if not benchmark.enabled:
         pytest.skip("compiling the segmentor takes minutes on a CPU; `make bench` runs this")
-    rounds = 4
+    rounds = 6
     m = benchmark.pedantic(_measure, args=(rounds,), rounds=1, iterations=1)
     ratio = m["compiled_s"] / m["eager_s"]
     benchmark.extra_info.update(m, ratio=ratio)
     print(
-        f"\nViT-T fine-tune step, batch {BATCH} at {CROP}px, CPU, 1 thread: eager "
+        f"\nViT-T fine-tune step, batch {BATCH} at {CROP}px, CPU time, 1 thread: eager "
         f"{m['eager_s'] * 1e3:.0f} ms, compiled {m['compiled_s'] * 1e3:.0f} ms, ratio "
         f"{ratio:.3f} (limit {MAX_COMPILED_RATIO}), best of {rounds} x {STEPS} steps; "
-        f"warm-up step: eager {m['warmup_eager_s']:.1f}s, compiled (compilation) "
+        f"warm-up step (wall): eager {m['warmup_eager_s']:.1f}s, compiled (compilation) "
         f"{m['warmup_compiled_s']:.1f}s"
     )
     timing_target(
