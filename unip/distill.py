@@ -25,7 +25,7 @@ from bench.adapter import canonical_size, load_backbone
 from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
 from bench.protocols.engine import LoopSettings, StepEnd, TrainingEngine
 from bench.protocols.optim import build_adamw
-from bench.protocols.runtime import compile_model
+from bench.protocols.runtime import compile_model, make_accelerator, resolve_compile
 from bench.protocols.schedules import warmup_cosine
 from bench.protocols.state import atomic_save
 from bench.trackers import finish_trackers, start_trackers
@@ -206,8 +206,6 @@ def _batch_stream(
 def _runtime(cfg: DistillConfig, out: Path) -> tuple[Accelerator, bool]:
     """The accelerator (the one precision policy of :mod:`bench.protocols.runtime`) and
     whether to compile; a choice this machine cannot honour names its key."""
-    from bench.protocols.runtime import make_accelerator, resolve_compile
-
     try:
         acc = make_accelerator(cfg.mixed_precision, out / "logs")
     except ValueError as exc:
