@@ -13,7 +13,9 @@ compiled / eager <= 0.9 per step.
 Where the time goes decides the ratio: on a CPU, convolutions (UPerNet's 3x3 convs at 1/4
 resolution) and matrix products are most of the step and run the same library kernels
 either way; compilation fuses what lies between them (norms, activations, attention's
-softmax, the loss).
+softmax, the loss). Dropout and drop path draw from the eager generator, so that a
+compiled run follows the eager one (:func:`bench.protocols.runtime.compile_model`); that
+keeps the random ops out of the fused kernels, at some cost in speed.
 
 Only ``make bench`` (``--benchmark-enable``) runs it, and asserts the target: compiling
 the segmentor's forward and backward takes minutes on a CPU, too long for the ordinary
