@@ -2,17 +2,17 @@
 
 Loss: KL(teacher || student) of the row-wise softmax of the pre-softmax attention logits
 (CLS included, temperature 1), summed over keys, averaged over batch, heads and queries.
-accelerate handles devices, DDP and mixed precision. Checkpoints are atomic and hold
-everything a bit-identical resume needs (model, optimiser, scheduler, scaler, RNG, step;
-the data position follows from the step).
+The training loop is the protocols' engine (:mod:`bench.protocols.engine`): accumulation,
+the precision policy, GradScaler, optional ``torch.compile``, the finite-loss check,
+logging, and atomic checkpoints with everything a bit-identical resume needs (model,
+optimiser, scheduler, scaler, RNG, step; the data position follows from the step). The
+checkpoint and loss-log files are distillation's own (:mod:`unip.distill_files`).
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,24 +23,29 @@ from torch import nn
 
 from bench.adapter import get_adapter, load_backbone
 from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
-from bench.progress import Progress
+from bench.protocols.engine import LoopSettings, StepEnd, TrainingEngine
 from bench.protocols.optim import build_adamw
+from bench.protocols.runtime import compile_model, make_accelerator, resolve_compile
 from bench.protocols.schedules import warmup_cosine
-from bench.protocols.state import (
-    atomic_save,
-    capture_rng_state,
-    load_training_state,
-    restore_rng_state,
-)
-from bench.trackers import finish_trackers, start_trackers, tracker_names
+from bench.protocols.state import atomic_save
+from bench.trackers import finish_trackers, start_trackers
 from unip.analysis import analyse_attention, image_loader
 from unip.distill_config import DistillConfig, recipe_differences
 from unip.distill_data import (
     EpochSampler,
+    SeededSamples,
     epoch_loader,
     fingerprint,
     pretrain_dataset,
     training_images,
+)
+from unip.distill_files import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    DistillCheckpoint,
+    LossLogFile,
+    read_checkpoint,
 )
 from unip.images import spread_sample
 from unip.student import LastBlockLogits, build_student
@@ -49,10 +54,11 @@ from unip.teacher import AttentionTeacher
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-CHECKPOINT_NAME = "checkpoint.pth"
 STUDENT_NAME = "student.pth"
-LOG_NAME = "log.jsonl"
-CHECKPOINT_FORMAT = "unip-distill/1"
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "LOG_NAME", "STUDENT_NAME", "DistillResult",
+    "StepInfo", "attention_kl", "distill", "distill_param_groups",
+]  # fmt: skip
 
 
 def attention_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -84,45 +90,6 @@ class DistillResult:
     final_loss: float | None
 
 
-class Distiller:
-    """One optimiser step of NMI-HAD over a list of micro-batches (gradient accumulation)."""
-
-    def __init__(
-        self,
-        teacher: nn.Module,
-        student: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        accelerator: Accelerator,
-    ) -> None:
-        self.teacher = teacher
-        self.student = student
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.accelerator = accelerator
-
-    def step(self, micro_batches: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Returns the step's mean loss as a 0-d tensor (no device sync)."""
-        acc = self.accelerator
-        n = len(micro_batches)
-        total = torch.zeros((), device=acc.device)
-        for i, x in enumerate(micro_batches):
-            x = x.to(acc.device, non_blocking=True)
-            # Gradients are all-reduced once, on the last micro-batch.
-            sync = nullcontext() if i == n - 1 else acc.no_sync(self.student)
-            with sync:
-                with acc.autocast():
-                    target = self.teacher(x)
-                    pred = self.student(x)
-                loss = attention_kl(pred, target)
-                acc.backward(loss / n)
-            total += loss.detach()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return total / n
-
-
 def distill_param_groups(
     named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
 ) -> list[dict]:
@@ -140,15 +107,6 @@ def distill_param_groups(
             g["params"].append(p)
             g["names"].append(name)
     return groups
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    """``auto``: bf16 where the GPU has it, fp16 on other GPUs, full precision on CPU."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
 
 
 def load_teacher_backbone(cfg: DistillConfig) -> Backbone:
@@ -217,63 +175,46 @@ def _student_file(
     }
 
 
-class LossLog:
-    """Mean loss over each ``log_every`` window, appended to a JSONL file (main process).
+def _batch_stream(
+    dataset: SeededSamples,
+    num_images: int,
+    micro: int,
+    cfg: DistillConfig,
+    accelerator: Accelerator,
+) -> Callable[[int], Iterator[torch.Tensor]]:
+    """Micro-batch stream factory from a micro-batch index on: epoch by epoch, each
+    epoch's order and augmentation seeds from (seed, epoch) alone, so a resumed run reads
+    exactly the batches the uninterrupted run would have."""
+    accum = cfg.optim.accum_steps
+    steps_per_epoch = num_images // cfg.optim.batch_size
 
-    The window's running sum is part of the checkpoint, so a resumed run logs exactly the
-    values the uninterrupted run would have (timings aside).
-    """
+    def stream(start_micro: int) -> Iterator[torch.Tensor]:
+        step = start_micro // accum
+        while True:
+            epoch, position = divmod(step, steps_per_epoch)
+            sampler = EpochSampler(num_images, micro, accum, cfg.seed, epoch, position,
+                                   accelerator.process_index, accelerator.num_processes)
+            pin = accelerator.device.type == "cuda"
+            batches = iter(epoch_loader(dataset, sampler, cfg.data.num_workers, cfg.seed, pin))
+            for _ in range((steps_per_epoch - position) * accum):
+                yield next(batches)
+            step = (epoch + 1) * steps_per_epoch
 
-    def __init__(self, path: Path, every: int, accelerator: Accelerator, write: bool) -> None:
-        self.path = path
-        self.every = every
-        self.acc = accelerator
-        self.write = write
-        self.total = torch.zeros((), device=accelerator.device)
-        self.count = 0
-        self.last: float | None = None
-        self.tick = time.perf_counter()
+    return stream
 
-    def state_dict(self) -> dict:
-        # Collective: every process calls it; the reduced sum is what all of them restore.
-        return {"total": float(self.acc.reduce(self.total, "mean")), "count": self.count}
 
-    def load_state_dict(self, state: dict, step: int) -> None:
-        self.total.fill_(state["total"])
-        self.count = int(state["count"])
-        if self.write and self.path.exists():
-            # Keep the records up to the checkpoint: later ones (and a line torn by the
-            # kill) belong to steps that will be redone.
-            keep = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["step"] <= step:
-                        keep.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-            self.path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
-
-    def add(self, loss: torch.Tensor, step: int, epoch: int, lr: float, final: bool) -> bool:
-        """Accumulate one step; at a window's end write a record. True when written."""
-        self.total += loss
-        self.count += 1
-        if step % self.every and not final:
-            return False
-        self.last = float(self.acc.reduce(self.total, "mean")) / self.count
-        now = time.perf_counter()
-        record = {
-            "step": step,
-            "epoch": epoch,
-            "loss": self.last,
-            "lr": lr,
-            "sec_per_step": (now - self.tick) / self.count,
-        }
-        if self.write:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        self.total.zero_()
-        self.count, self.tick = 0, now
-        return True
+def _runtime(cfg: DistillConfig, out: Path) -> tuple[Accelerator, bool]:
+    """The accelerator (the one precision policy of :mod:`bench.protocols.runtime`) and
+    whether to compile; a choice this machine cannot honour names its key."""
+    try:
+        acc = make_accelerator(cfg.mixed_precision, out / "logs")
+    except ValueError as exc:
+        raise ValueError(f"{cfg.where('mixed_precision')}: mixed_precision: {exc}") from None
+    try:
+        use_compile = resolve_compile(cfg.compile, acc.device.type == "cuda")
+    except ValueError as exc:
+        raise ValueError(f"{cfg.where('compile')}: compile: {exc}") from None
+    return acc, use_compile
 
 
 def distill(
@@ -283,16 +224,10 @@ def distill(
 
     ``callbacks`` are called after every optimiser step with a :class:`StepInfo`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
 
     out = Path(cfg.output_dir)
-    trackers = tracker_names()
-    acc = Accelerator(
-        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-        log_with=trackers or None,
-        project_dir=str(out / "logs") if trackers else None,
-    )
+    acc, use_compile = _runtime(cfg, out)
     ckpt_path = out / CHECKPOINT_NAME
     o = cfg.optim
     if o.batch_size % (acc.num_processes * o.accum_steps):
@@ -302,10 +237,8 @@ def distill(
         )
     micro = o.batch_size // (acc.num_processes * o.accum_steps)
 
-    state = load_training_state(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    state = read_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
     if state is not None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt_path} is not a UNIP distillation checkpoint")
         diffs = recipe_differences(state["config"], cfg.model_dump(mode="json"))
         if diffs:
             raise ValueError(
@@ -351,77 +284,52 @@ def distill(
     warmup = round(o.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
     model, optimizer = acc.prepare(LastBlockLogits(student), optimizer)
-    losses = LossLog(out / LOG_NAME, cfg.log_every, acc, write=acc.is_main_process)
 
-    step = 0
+    meta = {"config": cfg.model_dump(mode="json"), "teacher_layer": layer,
+            "last_heads": heads, "data_fingerprint": data_id}  # fmt: skip
+    store = DistillCheckpoint(ckpt_path, acc, state, meta, steps_per_epoch)
+    log = LossLogFile(out / LOG_NAME, steps_per_epoch, write=acc.is_main_process)
     if state is not None:
-        acc.unwrap_model(model).backbone.vit.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if acc.scaler is not None and state.get("scaler") is not None:
-            acc.scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        losses.load_state_dict(state["loss_log"], step)
-        restore_rng_state(state["rng"])
+        log.trim(int(state["step"]))
+    target_fn = compile_model(teacher) if use_compile else teacher
 
-    def save_checkpoint() -> None:
-        loss_state = losses.state_dict()
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            atomic_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "step": step,
-                    "epoch": step // steps_per_epoch,
-                    "position": step % steps_per_epoch,  # steps into the epoch
-                    "student": acc.unwrap_model(model).backbone.vit.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                    "rng": capture_rng_state(),
-                    "loss_log": loss_state,
-                    "config": cfg.model_dump(mode="json"),
-                    "teacher_layer": layer,
-                    "last_heads": heads,
-                    "data_fingerprint": data_id,
-                },
-                ckpt_path,
-            )
+    def step(student_model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(acc.device, non_blocking=True)
+        target = target_fn(x)
+        return attention_kl(student_model(x), target)
 
-    distiller = Distiller(teacher, model, optimizer, scheduler, acc)
+    def report(end: StepEnd) -> None:
+        loss = end.loss
+        if acc.num_processes > 1:
+            loss = float(acc.reduce(torch.tensor(loss, device=acc.device), "mean"))
+        info = StepInfo(end.iteration, (end.iteration - 1) // steps_per_epoch, loss, end.lr)
+        for cb in callbacks:
+            cb(info)
+
     dataset = pretrain_dataset(images, cfg.data.img_size, cfg.data.scale, cfg.data.hflip)
-    bar = Progress(total_steps, step, "distill", enabled=cfg.progress and acc.is_main_process)
-    if state is not None:
-        bar.resumed(f"checkpoint {ckpt_path}")
-    model.train()
-    while step < total_steps:
-        epoch, position = divmod(step, steps_per_epoch)
-        sampler = EpochSampler(len(images), micro, o.accum_steps, cfg.seed, epoch, position,
-                               acc.process_index, acc.num_processes)  # fmt: skip
-        batches = iter(epoch_loader(dataset, sampler, cfg.data.num_workers, cfg.seed,
-                                    pin=acc.device.type == "cuda"))  # fmt: skip
-        for _ in range(position, steps_per_epoch):
-            lr_now = optimizer.param_groups[0]["lr"]  # the lr this step uses
-            loss = distiller.step([next(batches) for _ in range(o.accum_steps)])
-            step += 1
-            if callbacks:
-                info = StepInfo(step, epoch, float(acc.reduce(loss, "mean")), lr_now)
-                for cb in callbacks:
-                    cb(info)
-            if losses.add(loss, step, epoch, lr_now, final=step == total_steps):
-                bar.set(loss=losses.last, lr=lr_now)
-                acc.log({"train/loss": losses.last, "train/lr": lr_now}, step=step)
-            bar.update(1)
-            if step % cfg.save_every == 0 or step == total_steps:
-                save_checkpoint()
-    bar.close()
+    loop = LoopSettings(
+        iters=total_steps,
+        accum_steps=o.accum_steps,
+        log_interval=cfg.log_every,
+        checkpoint_interval=cfg.save_every,
+        checkpoint_at_end=True,
+        compile=use_compile,
+        divergence_hint="Lower the lr (optim.lr or optim.base_lr) or use mixed_precision: no.",
+    )
+    engine = TrainingEngine(
+        acc, model, optimizer, scheduler, student.vit,
+        _batch_stream(dataset, len(images), micro, cfg, acc), step, loop, store,
+        progress=cfg.progress, description="distill",
+        on_step=[report] if callbacks else [], on_log=[log],
+    )  # fmt: skip
+    outcome = engine.run()
     finish_trackers(acc)
 
     student_path = out / STUDENT_NAME
     acc.wait_for_everyone()
     if acc.is_main_process:
-        final = acc.unwrap_model(model).backbone
-        saved = _student_file(cfg, final, teacher_bb, teacher_depth, layer, heads, step)
+        saved = _student_file(cfg, student, teacher_bb, teacher_depth, layer, heads,
+                              outcome.iterations)  # fmt: skip
         atomic_save(saved, student_path)
     acc.wait_for_everyone()
-    return DistillResult(student_path, step, layer, heads, losses.last)
+    return DistillResult(student_path, outcome.iterations, layer, heads, outcome.last_loss)

@@ -27,7 +27,9 @@ from bench.protocols.optim import check_betas
 from unip.nmi import NMI_TARGET
 
 # Keys that may differ between a run and its resumption: they change how, not what.
-RESUMABLE_KEYS = frozenset({"data.num_workers", "save_every", "log_every", "resume", "progress"})
+RESUMABLE_KEYS = frozenset(
+    {"data.num_workers", "save_every", "log_every", "resume", "progress", "compile"}
+)
 # Largest learning rate accepted (absolute, or base_lr x batch_size / 256): AdamW moves
 # each weight by about lr per step, so beyond this nothing trains.
 MAX_LR = 10.0
@@ -126,6 +128,9 @@ class DistillConfig(_Strict):
     output_dir: str
     seed: int = 0
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    # torch.compile of the training step's models; 'auto': on CUDA only (YAML booleans read
+    # as on/off). A runtime choice: a run may resume with another value.
+    compile: Literal["auto", "on", "off"] = "off"
     save_every: int = Field(1000, ge=1, description="optimiser steps between checkpoints")
     log_every: int = Field(20, ge=1)
     resume: bool = True

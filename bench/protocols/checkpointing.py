@@ -89,12 +89,9 @@ class Checkpointer:
         self.fingerprint = fingerprint
 
     def save(self, iteration: int, state: dict[str, Any]) -> None:
-        """Write ``state`` (module/optimiser state dicts, history ...) plus RNG states.
-
-        Every rank's RNG state is gathered so that dropout and drop path continue on the
-        same streams after a resume.
-        """
-        rng = gather_object([capture_rng_state()])
+        """Write ``state`` (module/optimiser state dicts, history ...) plus every rank's
+        RNG states (:func:`gather_rng_states`)."""
+        rng = gather_rng_states(self.accelerator)
         if self.accelerator.is_main_process:
             payload = {
                 "format": STATE_FORMAT,
@@ -139,13 +136,23 @@ class Checkpointer:
 
     def restore_rng(self, state: dict[str, Any]) -> None:
         """This rank's RNG states; bit-identical resume needs the same process count."""
-        rng = state["rng"]
-        rank = self.accelerator.process_index
-        if len(rng) != self.accelerator.num_processes:
-            warnings.warn(
-                f"resuming a {len(rng)}-process run with {self.accelerator.num_processes} "
-                "process(es): data order is unchanged but random streams (dropout, drop path) "
-                "differ from an uninterrupted run",
-                stacklevel=2,
-            )
-        restore_rng_state(rng[rank % len(rng)])
+        restore_process_rng(state["rng"], self.accelerator)
+
+
+def gather_rng_states(accelerator: Accelerator) -> list[dict[str, Any]]:
+    """Every rank's RNG states, in rank order (collective: all ranks call it), so that
+    dropout and drop path continue on the same streams after a resume."""
+    return gather_object([capture_rng_state()])
+
+
+def restore_process_rng(rng: list[dict[str, Any]], accelerator: Accelerator) -> None:
+    """Put this rank's saved RNG states back (a different process count: a warning, and
+    rank r takes saved state r mod the saved count)."""
+    if len(rng) != accelerator.num_processes:
+        warnings.warn(
+            f"resuming a {len(rng)}-process run with {accelerator.num_processes} "
+            "process(es): data order is unchanged but random streams (dropout, drop path) "
+            "differ from an uninterrupted run",
+            stacklevel=3,
+        )
+    restore_rng_state(rng[accelerator.process_index % len(rng)])

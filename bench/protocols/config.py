@@ -22,7 +22,9 @@ from bench.registry import did_you_mean
 
 # Settings that say what to keep on disk, not what is computed: changing them must not
 # change a run's identity (run id, resume fingerprint), so the hashes leave them out.
-IDENTITY_EXEMPT_SETTINGS = frozenset({"keep_training_state", "save_final_weights"})
+# `compile` is a runtime choice like the device: eager and compiled steps agree to float
+# tolerance, so switching it neither reruns a finished run nor refuses a resume.
+IDENTITY_EXEMPT_SETTINGS = frozenset({"keep_training_state", "save_final_weights", "compile"})
 
 # Marks an option added to a protocol after its version was fixed: while it keeps its
 # default it stays out of the run identity, so adding an option never reruns (or orphans)
@@ -50,6 +52,7 @@ def identity_settings(settings: dict[str, Any], cls: type[BaseModel]) -> dict[st
 MAX_LR = 10.0
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+Compile = Literal["auto", "on", "off"]
 LossNorm = Literal["all_pixels", "labelled_pixels"]
 
 
@@ -154,6 +157,12 @@ class ProtocolSettings(BaseModel):
         "auto",
         description="'auto': fp16 + GradScaler on CUDA, full precision on CPU; "
         "'bf16' autocasts on CPU too; 'no' never autocasts.",
+    )
+    compile: Compile = Field(
+        "off",
+        description="torch.compile the model of the training step: 'auto' on CUDA only, "
+        "'on', 'off' (YAML booleans accepted). Checkpoints hold the plain module's weights. "
+        "Not part of the run's identity.",
     )
     log_interval: int = Field(20, gt=0, description="Progress-bar loss refresh, in steps.")
     keep_training_state: bool = Field(

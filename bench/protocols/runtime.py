@@ -1,14 +1,33 @@
-"""Where a run executes: the accelerate Accelerator, mixed precision, per-process batch."""
+"""Where a run executes: the accelerate Accelerator, mixed precision, compilation,
+per-process batch.
+
+One precision policy for every training loop (the protocols and distillation alike):
+``mixed_precision: auto`` means fp16 autocast with a dynamic GradScaler on CUDA, as the
+released pipelines train (apex O1 for segmentation, ``torch.cuda.amp`` for distillation),
+and full precision on CPU. ``bf16`` is honoured on any device when asked for; ``fp16``
+needs CUDA; ``no`` never autocasts.
+
+``compile: auto`` compiles the training step's model with ``torch.compile`` on CUDA and
+runs eagerly on CPU, where compilation costs more than it saves on short runs; ``on`` and
+``off`` force it. Compilation is a runtime choice: it is not part of a run's identity.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from torch import nn
 
 from bench.trackers import tracker_names
+
+CompileChoice = Literal["auto", "on", "off"]
+# The torch.compile backend of compiled training steps. Tests swap in "aot_eager" (the
+# same graph capture and autograd tracing without C++ code generation) to stay fast.
+COMPILE_BACKEND = "inductor"
 
 
 def resolve_mixed_precision(setting: str, cuda: bool) -> str:
@@ -22,6 +41,46 @@ def resolve_mixed_precision(setting: str, cuda: bool) -> str:
     if setting == "fp16" and not cuda:
         raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on CPU")
     return setting
+
+
+def compile_supported() -> bool:
+    """Whether this PyTorch build and platform can run ``torch.compile``."""
+    if not hasattr(torch, "compile"):
+        return False
+    try:
+        from torch._dynamo import is_dynamo_supported
+    except ImportError:
+        return False
+    return bool(is_dynamo_supported())
+
+
+def resolve_compile(setting: str, cuda: bool) -> bool:
+    """'auto' -> compile on CUDA (where supported), eager on CPU; 'on' / 'off' force it."""
+    if setting == "off":
+        return False
+    if setting == "auto":
+        return cuda and compile_supported()
+    if setting != "on":
+        raise ValueError(f"compile must be 'auto', 'on' or 'off', got {setting!r}")
+    if not compile_supported():
+        raise ValueError(
+            f"compile='on' needs torch.compile, which PyTorch {torch.__version__} does not "
+            "support on this platform; use compile='off'"
+        )
+    return True
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)``: a wrapper sharing ``model``'s parameters. Save and load
+    state through ``model`` itself, never the wrapper (whose keys gain ``_orig_mod.``).
+
+    Random ops (dropout, drop path) run as in eager mode, drawing from the same global
+    generator, so a compiled run follows the eager run's curve to float tolerance and its
+    RNG states in a checkpoint mean the same thing; inductor's own generator would not.
+    """
+    if COMPILE_BACKEND == "inductor":
+        return torch.compile(model, backend="inductor", options={"fallback_random": True})
+    return torch.compile(model, backend=COMPILE_BACKEND)
 
 
 def make_accelerator(mixed_precision: str, log_dir: str | Path | None = None) -> Accelerator:

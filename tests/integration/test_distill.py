@@ -21,8 +21,10 @@ from PIL import Image
 from bench.adapter import load_backbone
 from bench.backbone import INFRARED_MEAN
 from bench.cli import main
+from bench.protocols import runtime
+from bench.protocols.runtime import compile_supported
 from unip.distill import StepInfo, attention_kl, distill, distill_param_groups
-from unip.distill_config import load_config
+from unip.distill_config import load_config, recipe_differences
 from unip.images import ImageListDataset, find_images, resize_centre_crop
 from unip.student import build_student
 
@@ -311,3 +313,71 @@ def test_run_time_errors_name_the_source_and_key(
     assert main(["distill", str(good), "--set", "teacher.layer=0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--set: teacher.layer" in err
+
+
+def test_a_format_1_checkpoint_still_resumes_and_a_newer_one_is_refused(workspace: Path) -> None:
+    """Format 1 (before the shared training engine) kept the main process's RNG states as
+    one dict and no elapsed time; such a checkpoint resumes to the uninterrupted student."""
+    reference = distill(load_config(write_config(workspace, "run_v1_ref", optim__epochs=3)))
+
+    def stop(info: StepInfo) -> None:
+        if info.step == 5:
+            raise KeyboardInterrupt
+
+    cfg = load_config(write_config(workspace, "run_v1", optim__epochs=3))
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, [stop])
+    ckpt = workspace / "run_v1" / "checkpoint.pth"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["format"] == "unip-distill/2" and state["step"] == 3
+    assert len(state["rng"]) == 1 and state["elapsed_s"] > 0
+    state.update(format="unip-distill/1", rng=state["rng"][0])
+    del state["elapsed_s"]
+    torch.save(state, ckpt)
+
+    assert distill(cfg).steps == 12
+    want = torch.load(reference.student_path, weights_only=True)["model"]
+    got = torch.load(workspace / "run_v1" / "student.pth", weights_only=True)["model"]
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+
+    torch.save({**state, "format": "unip-distill/9"}, ckpt)
+    with pytest.raises(ValueError, match=r"checkpoint.pth is a distillation checkpoint of "
+                       r"format 'unip-distill/9', which this version cannot resume"):
+        distill(cfg)
+
+
+def test_precision_and_compile_choices(workspace: Path) -> None:
+    """One precision policy with the protocols: 'fp16' needs CUDA (an error naming the
+    key); YAML booleans read as compile on/off; compile may change on resume."""
+    path = write_config(workspace, "run_fp16", mixed_precision="fp16")
+    with pytest.raises(ValueError, match=r"run_fp16.yaml: mixed_precision: .*needs a CUDA"):
+        distill(load_config(path))
+    assert not (workspace / "run_fp16").exists()
+    assert load_config(path, ["compile=yes"]).compile == "on"
+    assert load_config(path, ["compile=false"]).compile == "off"
+    with pytest.raises(ValueError, match=r"--set: compile: Input should be 'auto', 'on' or"):
+        load_config(path, ["compile=always"])
+    a = load_config(path, ["compile=on"]).model_dump(mode="json")
+    assert recipe_differences(a, load_config(path).model_dump(mode="json")) == []
+
+
+@pytest.mark.skipif(not compile_supported(), reason="torch.compile unsupported")
+def test_compiled_distillation_follows_eager(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aot_eager: dynamo and AOTAutograd's tracing without C++ code generation (fast)."""
+    monkeypatch.setattr(runtime, "COMPILE_BACKEND", "aot_eager")
+    curves = {}
+    for mode in ("off", "on"):
+        losses: list[float] = []
+        cfg = load_config(write_config(workspace, f"run_compile_{mode}", optim__epochs=1,
+                                       compile=mode))  # fmt: skip
+        distill(cfg, [lambda info, out=losses: out.append(info.loss)])
+        curves[mode] = losses
+    assert len(curves["on"]) == 4
+    assert curves["on"] == pytest.approx(curves["off"], rel=1e-4, abs=1e-6)
+    saved = torch.load(workspace / "run_compile_on" / "checkpoint.pth", weights_only=True)
+    assert not any("_orig_mod" in k for k in saved["student"])
+    plain = torch.load(workspace / "run_compile_off" / "checkpoint.pth", weights_only=True)
+    assert list(saved["student"]) == list(plain["student"])

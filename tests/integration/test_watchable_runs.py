@@ -10,7 +10,7 @@ from protocol_job import MODEL, TINY_FT, dataset, make_soda
 from single_thread import one_thread
 
 from bench.protocols import run_protocol
-from bench.protocols.engine import Trainer
+from bench.protocols.engine import MetricEvaluation
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
@@ -40,14 +40,14 @@ def test_fine_tuning_prints_plain_lines_resumes_visibly_and_logs_curves(
     wd = tmp_path / "run"
 
     # Interrupt the first session in its final evaluation, after the step-4 checkpoint.
-    real_eval = Trainer._eval
+    real_eval = MetricEvaluation.__call__
 
-    def interrupted(self, it, best, history):
-        if it == 4:
+    def interrupted(self, iteration):
+        if iteration == 4:
             raise KeyboardInterrupt
-        return real_eval(self, it, best, history)
+        return real_eval(self, iteration)
 
-    monkeypatch.setattr(Trainer, "_eval", interrupted)
+    monkeypatch.setattr(MetricEvaluation, "__call__", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_protocol("fine_tune", MODEL, dataset(soda), settings, wd, progress=True)
     first = capsys.readouterr().err
@@ -56,7 +56,7 @@ def test_fine_tuning_prints_plain_lines_resumes_visibly_and_logs_curves(
     assert "\r" not in first
     assert "loss " in first.splitlines()[-1] and " lr " in first and "ETA" in first
 
-    monkeypatch.setattr(Trainer, "_eval", real_eval)
+    monkeypatch.setattr(MetricEvaluation, "__call__", real_eval)
     result = run_protocol("fine_tune", MODEL, dataset(soda), settings, wd, progress=True)
     second = capsys.readouterr().err
     assert f"fine-tune soda: resuming from step 4 of 4 (checkpoint {wd}" in second
