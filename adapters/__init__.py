@@ -4,6 +4,12 @@ Adapters are registered through the ``unipbench.adapters`` entry-point group (se
 ``pyproject.toml``), exactly as a third-party method would be.
 """
 
-from bench.adapter import Adapter, AdapterError, CheckpointFormat, list_adapters, load_backbone
+from bench.backbones.adapter import (
+    Adapter,
+    AdapterError,
+    CheckpointFormat,
+    list_adapters,
+    load_backbone,
+)
 
 __all__ = ["Adapter", "AdapterError", "CheckpointFormat", "list_adapters", "load_backbone"]

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from bench.adapter import AdapterError, CheckpointFormat, StateDict, get_adapter
+from bench.backbones.adapter import AdapterError, CheckpointFormat, StateDict, get_adapter
 
 # Classification heads and pooling norms that a backbone does not use.
 HEAD_KEYS = (r"^head\.", r"^head_dist\.", r"^fc_norm\.")

@@ -19,7 +19,7 @@ import re
 
 from torch import nn
 
-from bench.adapter import Adapter, AdapterError, CheckpointFormat, StateDict
+from bench.backbones.adapter import Adapter, AdapterError, CheckpointFormat, StateDict
 
 WFM_KEY = "wfm.linear.weight"
 _DEC_NORM = re.compile(r"^dec_norms\.(\d+)\.(weight|bias)$")

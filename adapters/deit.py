@@ -10,7 +10,7 @@ carry LayerScale (``gamma_1``/``gamma_2``).
 from __future__ import annotations
 
 from adapters.common import HEAD_KEYS, hf_vit
-from bench.adapter import Adapter, CheckpointFormat, StateDict
+from bench.backbones.adapter import Adapter, CheckpointFormat, StateDict
 
 LAYER_SCALE_RENAMES = ((r"\.gamma_1$", ".ls1.gamma"), (r"\.gamma_2$", ".ls2.gamma"))
 DIST_TOKEN_RENAME = ((r"^dist_token$", "reg_token"),)

@@ -1,7 +1,7 @@
 """DINO (Caron et al., 2021): the teacher backbone."""
 
 from adapters.common import flat_timm, hf_vit
-from bench.adapter import Adapter, CheckpointFormat
+from bench.backbones.adapter import Adapter, CheckpointFormat
 
 TEACHER = CheckpointFormat(
     name="teacher",

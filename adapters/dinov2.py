@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 from torch import nn
 
-from bench.adapter import (
+from bench.backbones.adapter import (
     VIT_BASE,
     VIT_LARGE,
     VIT_SMALL,

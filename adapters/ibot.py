@@ -7,7 +7,7 @@ which the repository's ``extract_backbone_weights.py`` writes as
 """
 
 from adapters.common import flat_timm
-from bench.adapter import Adapter, CheckpointFormat
+from bench.backbones.adapter import Adapter, CheckpointFormat
 
 # Only the student is built with masked image modelling, so only its backbone (and a
 # file extracted from it) carries ``masked_embed``; heads come along with --with_head.

@@ -1,7 +1,7 @@
 """MAE (He et al., 2022): the encoder of the pre-training checkpoint."""
 
 from adapters.common import flat_timm, hf_vit
-from bench.adapter import Adapter, CheckpointFormat
+from bench.backbones.adapter import Adapter, CheckpointFormat
 
 PRETRAIN = CheckpointFormat(
     name="pretrain",

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.adapter import Adapter, AdapterError, CheckpointFormat, SizeSpec, StateDict
+from bench.backbones.adapter import Adapter, AdapterError, CheckpointFormat, SizeSpec, StateDict
 from bench.registry import did_you_mean
 
 # Size words in timm model names and the letters tables print for them.
@@ -112,7 +112,7 @@ def _timm_filter(state: StateDict, context: dict) -> StateDict:
     """What ``create_model(pretrained=True)`` does to a file: the architecture's filter,
     applied against the model being loaded (its grid; built without memory, only its
     shapes are read), then the classifier dropped (the backbone is built without one)."""
-    from bench.adapter import get_adapter
+    from bench.backbones.adapter import get_adapter
 
     adapter = get_adapter(context["adapter"])
     options = {k: context[k] for k in ("depth", "patch_size") if context.get(k) is not None}

@@ -20,8 +20,15 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from adapters.common import flat_timm
-from bench.adapter import VIT_BASE, VIT_SMALL, VIT_TINY, Adapter, AdapterError, CheckpointFormat
-from bench.backbone import INFRARED_MEAN, INFRARED_STD
+from bench.backbones.adapter import (
+    VIT_BASE,
+    VIT_SMALL,
+    VIT_TINY,
+    Adapter,
+    AdapterError,
+    CheckpointFormat,
+)
+from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD
 
 UNIP_META_KEY = "unip"
 

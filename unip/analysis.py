@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bench.backbone import Backbone
+from bench.backbones.backbone import Backbone
 from unip.images import ImageListDataset, resize_centre_crop
 from unip.nmi import (
     GLOBAL_THRESHOLD,

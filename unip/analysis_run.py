@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.adapter import load_backbone
-from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
+from bench.backbones.adapter import load_backbone
+from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
 from unip.analysis import (
     AttentionAnalysis,
     analyse_attention,

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.adapter import get_adapter, load_backbone
-from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
+from bench.backbones.adapter import get_adapter, load_backbone
+from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
 from bench.protocols.engine import LoopSettings, StepEnd, TrainingEngine
 from bench.protocols.optim import build_adamw
 from bench.protocols.runtime import compile_model, make_accelerator, resolve_compile

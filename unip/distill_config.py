@@ -197,7 +197,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Distill
 
 def _check_teacher(cfg: DistillConfig) -> None:
     """What the schema cannot see: a known adapter and size, a layer within ``depth``."""
-    from bench.adapter import AdapterError, get_adapter
+    from bench.backbones.adapter import AdapterError, get_adapter
 
     t = cfg.teacher
     # The size is one of the teacher adapter's own (DINOv2's g, a timm model's name).

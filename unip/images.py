@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-from bench.backbone import INFRARED_MEAN, INFRARED_STD
+from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD
 from bench.data.imageio import read_image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from bench.backbone import INFRARED_MEAN, INFRARED_STD
+from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD
 from bench.diskio import atomic_write_text
 from unip.images import ImageListDataset, is_image_name
 

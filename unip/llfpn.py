@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bench.backbone import Backbone
+from bench.backbones.backbone import Backbone
 from bench.models.necks import pyramid_branches
 
 

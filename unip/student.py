@@ -14,8 +14,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from bench.adapter import AdapterError, as_pair, get_adapter
-from bench.backbone import INFRARED_MEAN, INFRARED_STD, Backbone, BackboneMeta
+from bench.backbones.adapter import AdapterError, as_pair, get_adapter
+from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD, Backbone, BackboneMeta
 from unip.adapter import replace_last_attention
 
 STUDENT_DROP_PATH = 0.1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.backbone import Backbone
+from bench.backbones.backbone import Backbone
 
 
 class AttentionTeacher(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.adapter import get_adapter, list_adapters
+from bench.backbones.adapter import get_adapter, list_adapters
 
 
 def adapters_table() -> list[dict]:

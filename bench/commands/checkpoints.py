@@ -14,9 +14,9 @@ ENV_HELP = (
 
 
 def list_rows(show_all: bool = True) -> list[dict]:
-    from bench.catalogue import load_catalogue
-    from bench.checkpoint_cache import status
-    from bench.checkpoint_lock import read_lock
+    from bench.checkpoints.cache import status
+    from bench.checkpoints.catalogue import load_catalogue
+    from bench.checkpoints.lock import read_lock
 
     pins = read_lock()
     rows = []
@@ -48,17 +48,17 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _suite_ids(path: str) -> list[str]:
-    from bench.catalogue import is_catalogue_id
-    from bench.suite import load_suite
+    from bench.checkpoints.catalogue import is_catalogue_id
+    from bench.suites.load import load_suite
 
     return [m.checkpoint for m in load_suite(path).spec.models if is_catalogue_id(m.checkpoint)]
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from bench.catalogue import get_entry
-    from bench.checkpoint import CheckpointError
-    from bench.checkpoint_cache import fetch
-    from bench.checkpoint_lock import lock_path
+    from bench.checkpoints.cache import fetch
+    from bench.checkpoints.catalogue import get_entry
+    from bench.checkpoints.lock import lock_path
+    from bench.checkpoints.reader import CheckpointError
     from bench.progress import format_bytes
 
     ids = list(args.ids)
@@ -87,9 +87,9 @@ def run_fetch(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.catalogue import is_catalogue_id, unknown_id_message
-    from bench.checkpoint_cache import verify_file, verify_id
-    from bench.checkpoint_lock import lock_path, read_lock
+    from bench.checkpoints.cache import verify_file, verify_id
+    from bench.checkpoints.catalogue import is_catalogue_id, unknown_id_message
+    from bench.checkpoints.lock import lock_path, read_lock
 
     items = list(args.items) or sorted(read_lock())
     if not items:
@@ -117,7 +117,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "checkpoints", help="the checkpoint catalogue: list, fetch and verify published weights",
-        description="Published checkpoints by id (bench/checkpoints.yaml). " + ENV_HELP,
+        description="Published checkpoints by id (bench/checkpoints/catalogue.yaml). " + ENV_HELP,
     )
     cmds = p.add_subparsers(dest="checkpoints_command", metavar="ACTION", required=True)
 

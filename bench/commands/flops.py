@@ -6,7 +6,7 @@ import argparse
 import json
 
 from bench.assignments import parse_assignments
-from bench.flops import model_flops
+from bench.backbones.flops import model_flops
 
 
 def run(args: argparse.Namespace) -> int:

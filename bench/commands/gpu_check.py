@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.gpu_check import CHECKS, CheckSettings, quick_settings
-from bench.gpu_report import run_checks
+from bench.gpu.check import CHECKS, CheckSettings, quick_settings
+from bench.gpu.report import run_checks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.store import DEFAULT_STORE, RunRecord, read_records
+from bench.results.store import DEFAULT_STORE, RunRecord, read_records
 
 
 def selected_records(args: argparse.Namespace) -> tuple[list[RunRecord], str]:
     """Records of ``--suite`` (a suite file: its runs; otherwise a suite name) or all."""
-    from bench.tables import select_records
+    from bench.results.tables import select_records
 
     store = Path(args.store) if args.store else None
     run_ids = None
@@ -21,8 +21,8 @@ def selected_records(args: argparse.Namespace) -> tuple[list[RunRecord], str]:
         raise FileNotFoundError(f"--suite {args.suite} {what} a suite file (or give a suite "
                                 "name, as stored with each result)")
     if args.suite and Path(args.suite).is_file():
-        from bench.runner import Paths, select_runs
-        from bench.suite import load_suite
+        from bench.suites.load import load_suite
+        from bench.suites.runner import Paths, select_runs
 
         suite = load_suite(args.suite)
         paths = Paths.resolve(suite, store, None)
@@ -52,7 +52,7 @@ def _looks_like_a_file(suite: str) -> bool:
 
 
 def table(args: argparse.Namespace) -> int:
-    from bench.tables import build_leaderboard, load_reference, render
+    from bench.results.tables import build_leaderboard, load_reference, render
 
     records, title = selected_records(args)
     reference = None if args.no_reference else load_reference(args.reference)
@@ -67,7 +67,7 @@ def table(args: argparse.Namespace) -> int:
 
 
 def plot(args: argparse.Namespace) -> int:
-    from bench.plots import plot_layerwise, plot_miou_vs_flops
+    from bench.results.plots import plot_layerwise, plot_miou_vs_flops
 
     records, _ = selected_records(args)
     written = plot_miou_vs_flops(records, args.out) + plot_layerwise(records, args.out)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.suite import ExecutorSpec, Suite, SuiteError, load_suite
+from bench.suites.load import ExecutorSpec, Suite, SuiteError, load_suite
 
 # `unipbench run` exit status: 0 every run is done; 1 a run failed (whatever else);
 # 3 none failed but some are running in another process, so the results are incomplete.
@@ -16,13 +16,13 @@ EXIT_RUNNING_ELSEWHERE = 3
 
 
 def _load(path: str | None) -> Suite:
-    from bench.runner import default_suite_path
+    from bench.suites.runner import default_suite_path
 
     return load_suite(Path(path) if path else default_suite_path())
 
 
 def validate(args: argparse.Namespace) -> int:
-    from bench.suite_checks import check_files
+    from bench.suites.checks import check_files
 
     try:
         suite = _load(args.suite)
@@ -31,7 +31,7 @@ def validate(args: argparse.Namespace) -> int:
             print(p, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
         return 1
-    from bench.runner import Paths, select_runs
+    from bench.suites.runner import Paths, select_runs
 
     runs = select_runs(suite, Paths.resolve(suite, None, None))
     print(f"{suite.path}: schema, names and settings OK ({len(runs)} runs)")
@@ -51,9 +51,9 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.executors import make_executor
-    from bench.runner import Paths, run_suite
-    from bench.tables import build_leaderboard, load_reference, render, select_records
+    from bench.results.tables import build_leaderboard, load_reference, render, select_records
+    from bench.suites.executors import make_executor
+    from bench.suites.runner import Paths, run_suite
 
     suite = _load(args.suite)
     paths = Paths.resolve(suite, args.store, args.workdir)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if outcome.submitted and not getattr(executor, "wait", True):
         print(f"{len(outcome.submitted)} job(s) submitted; follow them with "
               f"`unipbench ls {suite.path}` and `unipbench table --suite {suite.path}`")
-    from bench.store import read_records
+    from bench.results.store import read_records
 
     ids = {r.run_id for r in outcome.runs}
     records = select_records(read_records(paths.store), run_ids=ids)
@@ -101,7 +101,7 @@ def ls(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from bench.protocols.registry import primary_score
-    from bench.runner import Paths, run_states, select_runs
+    from bench.suites.runner import Paths, run_states, select_runs
 
     suite = _load(args.suite)
     paths = Paths.resolve(suite, args.store, args.workdir)
@@ -136,7 +136,7 @@ def _older_version_records(suite_name: str, store: Path) -> dict[tuple[str, str]
     """(protocol, version) -> count of this suite's stored runs made under another
     version of their protocol than the one registered now."""
     from bench.protocols.registry import find_protocol
-    from bench.store import latest_by_run, read_records
+    from bench.results.store import latest_by_run, read_records
 
     counts: dict[tuple[str, str], int] = {}
     for rec in latest_by_run(read_records(store)).values():

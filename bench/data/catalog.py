@@ -7,12 +7,12 @@ first-hand the layout's description says so.
 
 from __future__ import annotations
 
-from bench.backbone import IMAGENET_MEAN, IMAGENET_STD
+from bench.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD
 from bench.data.spec import DatasetInfo, Layout
 
 # The released segmentation configs of SODA, MFNet and SCUT-Seg normalise with
 # mean 96.9255, std 47.8976 in 0-255 units (std 0.18783). UNIP's *pre-training* uses std
-# 0.1871 (bench.backbone.INFRARED_STD), which distillation keeps; segmentation does not.
+# 0.1871 (bench.backbones.backbone.INFRARED_STD), which distillation keeps; segmentation does not.
 INFRARED_SEG_MEAN = (96.9255 / 255,) * 3
 INFRARED_SEG_STD = (47.8976 / 255,) * 3
 

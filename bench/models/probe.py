@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.backbone import Backbone
+from bench.backbones.backbone import Backbone
 from bench.models import heads as _heads  # noqa: F401  (registers the built-in heads)
 from bench.models.heads import concat_resized
 from bench.models.layers import (

@@ -34,7 +34,7 @@ from timm.layers import LayerScale
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from bench.backbone import Backbone
+from bench.backbones.backbone import Backbone
 
 # Rows after the (2Wh-1)(2Ww-1) offsets: prefix -> patch, patch -> prefix, prefix -> prefix.
 NUM_PREFIX_ENTRIES = 3

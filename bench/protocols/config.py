@@ -435,7 +435,7 @@ def resolve_settings(
     did-you-mean suggestion; a value of the wrong type raises pydantic's ValidationError
     (also a ValueError).
     """
-    from bench.adapter import adapter_protocol_defaults
+    from bench.backbones.adapter import adapter_protocol_defaults
     from bench.protocols.registry import get_protocol
 
     proto = get_protocol(protocol)

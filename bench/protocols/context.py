@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import Dataset
 
-from bench.backbone import Backbone
+from bench.backbones.backbone import Backbone
 from bench.protocols.checkpointing import Checkpointer
 from bench.protocols.config import ProtocolSettings
 from bench.protocols.inference import Predictor, evaluate

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from bench.backbone import Backbone
+from bench.backbones.backbone import Backbone
 from bench.models.segmentor import Segmentor, build_segmentor
 from bench.models.vit_extras import add_finetune_extras
 from bench.protocols.config import FineTuneSettings

@@ -66,7 +66,7 @@ def weights_digest(model: dict[str, Any]) -> str | None:
     A local file or an export folder is hashed (cached by path, size, mtime and inode), a
     URL downloaded once, so a replaced file is a different run whatever its name.
     """
-    from bench.checkpoint_resolve import resolve_checkpoint
+    from bench.checkpoints.resolve import resolve_checkpoint
 
     if model["checkpoint"] is None:
         return None
@@ -140,7 +140,7 @@ def run_protocol(
     after checking the data and the checkpoint, and says so through ``log`` (default:
     stderr). One of a different run is refused with what differs.
     """
-    from bench.adapter import downstream_options, load_backbone
+    from bench.backbones.adapter import downstream_options, load_backbone
     from bench.data import get_dataset_info
     from bench.data.check import quick_check
     from bench.trackers import finish_trackers, start_trackers

@@ -57,7 +57,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a training state with ``weights_only=True``; a file that would run code on
-    loading is refused (:class:`bench.checkpoint.CheckpointError`, naming it)."""
-    from bench.checkpoint import load_pickle_checkpoint
+    loading is refused (:class:`bench.checkpoints.reader.CheckpointError`, naming it)."""
+    from bench.checkpoints.reader import load_pickle_checkpoint
 
     return load_pickle_checkpoint(Path(path), what="training state")

@@ -33,7 +33,7 @@ def peak_rss() -> int:
 def setup():
     from accelerate.utils import set_seed
 
-    from bench.adapter import load_backbone
+    from bench.backbones.adapter import load_backbone
     from bench.protocols.config import resolve_settings
     from bench.protocols.finetune import build_model, optimizer_groups
     from bench.protocols.optim import build_adamw

@@ -17,7 +17,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 
 MAX_RATIO = 1.3
 VIT_B = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=0)

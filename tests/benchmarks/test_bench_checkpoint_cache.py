@@ -18,10 +18,10 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.catalogue import CATALOGUE_ENV, get_entry
-from bench.checkpoint_cache import cached_file, fetch
-from bench.checkpoint_lock import LOCK_ENV
-from bench.checkpoint_resolve import read_checkpoint, resolve_checkpoint
+from bench.checkpoints.cache import cached_file, fetch
+from bench.checkpoints.catalogue import CATALOGUE_ENV, get_entry
+from bench.checkpoints.lock import LOCK_ENV
+from bench.checkpoints.resolve import read_checkpoint, resolve_checkpoint
 
 MAX_RATIO = 1.1
 CID = "bench/vit-small"

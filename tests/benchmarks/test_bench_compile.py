@@ -33,7 +33,7 @@ import torch
 from accelerate.utils import set_seed
 from single_thread import one_thread
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from bench.protocols.config import resolve_settings
 from bench.protocols.engine import LoopSettings, TrainingEngine, build_scheduler, segmentation_step
 from bench.protocols.finetune import build_model, optimizer_groups

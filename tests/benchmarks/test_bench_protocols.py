@@ -39,7 +39,7 @@ from accelerate.utils import set_seed
 from protocol_bench_job import bare_loop, harness_trainer
 from single_thread import one_thread
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from bench.data.synth import synthesize
 from bench.protocols import run_protocol
 from bench.protocols.config import resolve_settings

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from bench.protocols.engine import LoopSettings, TrainingEngine
 from bench.protocols.optim import build_adamw, param_groups
 from bench.protocols.schedules import warmup_cosine

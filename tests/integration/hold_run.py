@@ -21,8 +21,8 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(1)
     import bench.protocols
-    from bench.runner import Paths, execute_run, select_runs
-    from bench.suite import load_suite
+    from bench.suites.load import load_suite
+    from bench.suites.runner import Paths, execute_run, select_runs
 
     real = bench.protocols.run_protocol
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.store import read_records
+from bench.results.store import read_records
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ import torch
 import yaml
 from PIL import Image
 
-from bench.adapter import load_backbone
-from bench.backbone import INFRARED_MEAN
+from bench.backbones.adapter import load_backbone
+from bench.backbones.backbone import INFRARED_MEAN
 from bench.cli import main
 from bench.protocols import runtime
 from bench.protocols.runtime import compile_supported

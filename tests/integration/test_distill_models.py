@@ -9,7 +9,7 @@ import pytest
 import torch
 from timm.layers import DropPath
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from unip.distill import attention_kl
 from unip.student import LastBlockLogits, build_student, sincos_pos_embed
 from unip.teacher import AttentionTeacher

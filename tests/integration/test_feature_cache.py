@@ -18,7 +18,7 @@ from PIL import Image
 from single_thread import one_thread
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from bench.data import build_dataset, get_dataset_info
 from bench.data.synth import synthesize
 from bench.data.transforms import test_transform

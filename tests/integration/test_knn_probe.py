@@ -165,7 +165,7 @@ def test_k1_retrieves_every_training_patchs_own_label(soda, tmp_path):
     """Patch level, no upsampling: with k = 1 a training patch's nearest bank row is
     itself, so its prediction is the majority class of its pixels, computed here
     independently from the label files."""
-    from bench.adapter import load_backbone
+    from bench.backbones.adapter import load_backbone
     from bench.data import get_dataset_info
     from bench.data.transforms import Compose, Normalize, Resize
     from bench.protocols.context import RunContext

@@ -12,8 +12,8 @@ from protocol_job import MODEL, TINY, TINY_FT, dataset, make_soda
 from single_thread import one_thread
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.adapter import load_backbone
-from bench.backbone import Backbone
+from bench.backbones.adapter import load_backbone
+from bench.backbones.backbone import Backbone
 from bench.data import build_dataset, get_dataset_info
 from bench.data.transforms import test_transform
 from bench.metrics import IoUAccumulator

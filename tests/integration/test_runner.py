@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from tiny_suite import tiny_suite
 
-from bench.executors import InlineExecutor
-from bench.runner import run_states, run_suite
-from bench.store import read_records
-from bench.tables import build_leaderboard
+from bench.results.store import read_records
+from bench.results.tables import build_leaderboard
+from bench.suites.executors import InlineExecutor
+from bench.suites.runner import run_states, run_suite
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def test_interrupted_run_is_partial_then_resumes(tmp_path: Path, monkeypatch) ->
 
 def test_partial_state_is_listed(tmp_path: Path) -> None:
     suite, paths = tiny_suite(tmp_path)
-    from bench.runner import select_runs
+    from bench.suites.runner import select_runs
 
     runs = select_runs(suite, paths, "mae-T/soda/linear_probe/*")
     (paths.workdir / runs[0].run_id).mkdir(parents=True)
@@ -97,7 +97,7 @@ def test_partial_state_is_listed(tmp_path: Path) -> None:
 def test_a_run_held_by_another_process_is_left_alone(tmp_path: Path) -> None:
     from filelock import FileLock
 
-    from bench.runner import execute_run, select_runs
+    from bench.suites.runner import execute_run, select_runs
 
     suite, paths = tiny_suite(tmp_path)
     (run,) = select_runs(suite, paths, "mae-T/soda/linear_probe/*")

@@ -20,11 +20,11 @@ from timm.models.vision_transformer import VisionTransformer
 from tiny_suite import TINY
 
 from bench.cli import main
-from bench.executors import InlineExecutor
 from bench.identity import data_content
-from bench.runner import Paths, execute_run, run_suite, select_runs
-from bench.store import read_records
-from bench.suite import load_suite
+from bench.results.store import read_records
+from bench.suites.executors import InlineExecutor
+from bench.suites.load import load_suite
+from bench.suites.runner import Paths, execute_run, run_suite, select_runs
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def train(root: Path, workdir: Path, ckpt: Path) -> list[str]:
 
 
 def test_train_checks_data_and_checkpoint_before_reusing(tmp_path: Path, capsys) -> None:
-    from bench.checkpoint import sha256_file
+    from bench.checkpoints.reader import sha256_file
 
     a, b = synth(tmp_path / "a", seed=0), synth(tmp_path / "b", seed=1)
     ckpt = tiny_weights(tmp_path / "w.pth", seed=0)

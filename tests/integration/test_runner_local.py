@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from tiny_suite import tiny_suite
 
-from bench.executors import LocalExecutor
-from bench.runner import run_suite
-from bench.store import read_records
+from bench.results.store import read_records
+from bench.suites.executors import LocalExecutor
+from bench.suites.runner import run_suite
 
 pytestmark = pytest.mark.slow
 

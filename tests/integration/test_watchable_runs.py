@@ -75,7 +75,7 @@ def test_distillation_logs_curves_and_plain_lines(
     import yaml
     from test_distill import IMG, make_images
 
-    from bench.adapter import load_backbone
+    from bench.backbones.adapter import load_backbone
     from unip.distill import distill
     from unip.distill_config import load_config
 

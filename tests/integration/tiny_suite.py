@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from bench.runner import Paths
-from bench.suite import Suite, load_suite
+from bench.suites.load import Suite, load_suite
+from bench.suites.runner import Paths
 
 TINY = """\
 suite: tiny

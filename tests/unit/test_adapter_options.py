@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.adapter import AdapterError, load_backbone
+from bench.backbones.adapter import AdapterError, load_backbone
 
 
 def test_misspelt_option_is_refused_with_a_suggestion() -> None:

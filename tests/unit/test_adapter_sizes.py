@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from bench.adapter import (
+from bench.backbones.adapter import (
     STANDARD_VIT_SIZES,
     VIT_LARGE,
     VIT_SMALL,
@@ -130,7 +130,7 @@ def test_output_shape_describes_every_returned_level() -> None:
 
 
 def test_suite_sizes_are_checked_against_the_models_adapter(tmp_path) -> None:
-    from bench.suite import SuiteError, load_suite
+    from bench.suites.load import SuiteError, load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(

@@ -12,9 +12,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from bench.adapter import AdapterError, get_adapter, load_backbone
-from bench.backbone import Backbone, BackboneMeta
-from bench.flops import count_macs
+from bench.backbones.adapter import AdapterError, get_adapter, load_backbone
+from bench.backbones.backbone import Backbone, BackboneMeta
+from bench.backbones.flops import count_macs
 from bench.models.vit_extras import add_finetune_extras, add_rel_pos_bias
 
 NAME = "eva02_tiny_patch14_224"

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Attention, VisionTransformer
 
-from bench.adapter import get_adapter, list_adapters, load_backbone
+from bench.backbones.adapter import get_adapter, list_adapters, load_backbone
 
 DEPTH = 2
 DIM, HEADS = 192, 3  # ViT-T geometry, so size="tiny" describes it

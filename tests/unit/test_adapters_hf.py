@@ -28,9 +28,9 @@ from transformers import (
     ViTModel,
 )
 
-from bench.adapter import AdapterError, load_backbone
-from bench.checkpoint import CheckpointError
-from bench.hf_export import read_hf_export
+from bench.backbones.adapter import AdapterError, load_backbone
+from bench.checkpoints.hf_export import read_hf_export
+from bench.checkpoints.reader import CheckpointError
 
 DEPTH = 2
 GEOMETRY = dict(

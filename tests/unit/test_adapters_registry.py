@@ -11,7 +11,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.adapter import (
+from bench.backbones.adapter import (
     Adapter,
     AdapterError,
     CheckpointFormat,

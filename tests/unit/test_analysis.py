@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from bench.cli import main
 from unip.analysis import (
     check_thresholds,

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from bench.adapter import load_backbone
-from bench.backbone import Backbone, BackboneMeta, register_attention_logits
+from bench.backbones.adapter import load_backbone
+from bench.backbones.backbone import Backbone, BackboneMeta, register_attention_logits
 
 DEPTH = 3
 

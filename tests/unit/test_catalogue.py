@@ -1,4 +1,4 @@
-"""The checkpoint catalogue (bench/checkpoints.yaml): schema, adapters, paper suites, sources.
+"""The checkpoint catalogue (bench/checkpoints/catalogue.yaml): schema, adapters, suites, sources.
 
 The catalogue is data copied from the publishers' READMEs; these tests hold it to the
 things that can be checked offline: every format is one its adapter declares, every paper
@@ -17,8 +17,8 @@ import pytest
 import torch.hub
 import yaml
 
-from bench.adapter import get_adapter
-from bench.catalogue import (
+from bench.backbones.adapter import get_adapter
+from bench.checkpoints.catalogue import (
     CATALOGUE_ENV,
     CATALOGUE_FILE,
     CatalogueError,
@@ -45,8 +45,8 @@ def test_shipped_catalogue_loads_and_is_package_data() -> None:
     assert len(entries) >= 40
     assert all(e.id == cid for cid, e in entries.items())
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'bench = \[[^\]]*"checkpoints\.yaml"', pyproject)
-    assert CATALOGUE_FILE.parent == ROOT / "bench"
+    assert re.search(r'bench = \[[^\]]*"checkpoints/catalogue\.yaml"', pyproject)
+    assert CATALOGUE_FILE.parent == ROOT / "bench" / "checkpoints"
 
 
 @pytest.mark.parametrize("cid", sorted(load_catalogue()))

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from loopback_http import RangeServer, checkpoint_bytes
 
-from bench.adapter import load_backbone
-from bench.catalogue import CATALOGUE_ENV, CatalogueError, get_entry
-from bench.checkpoint import CheckpointError
-from bench.checkpoint_cache import cached_file, fetch, verify_file, verify_id
-from bench.checkpoint_lock import LOCK_ENV, LockFileError, read_lock
-from bench.checkpoint_resolve import resolve_checkpoint
+from bench.backbones.adapter import load_backbone
+from bench.checkpoints.cache import cached_file, fetch, verify_file, verify_id
+from bench.checkpoints.catalogue import CATALOGUE_ENV, CatalogueError, get_entry
+from bench.checkpoints.download import DownloadError
+from bench.checkpoints.lock import LOCK_ENV, LockFileError, read_lock
+from bench.checkpoints.reader import CheckpointError
+from bench.checkpoints.resolve import resolve_checkpoint
 from bench.cli import main
-from bench.download import DownloadError
 from bench.progress import ByteProgress
 
 BODY = checkpoint_bytes()
@@ -334,7 +334,7 @@ protocols:
 
 
 def _suite(tmp_path: Path, ckpt: str, adapter: str = "mae"):
-    from bench.suite import load_suite
+    from bench.suites.load import load_suite
 
     path = tmp_path / f"suite-{abs(hash((ckpt, adapter)))}.yaml"
     path.write_text(SUITE.format(ckpt=ckpt, adapter=adapter))
@@ -342,8 +342,8 @@ def _suite(tmp_path: Path, ckpt: str, adapter: str = "mae"):
 
 
 def test_suite_naming_an_id_validates_and_runs_by_its_pinned_digest(server, tmp_path) -> None:
-    from bench.matrix import expand
-    from bench.suite_checks import check_files
+    from bench.suites.checks import check_files
+    from bench.suites.matrix import expand
 
     suite = _suite(tmp_path, "test/vit-tiny")
     problems = [p.message for p in check_files(suite, full_data_check=False)]
@@ -369,7 +369,7 @@ def test_suite_naming_an_id_validates_and_runs_by_its_pinned_digest(server, tmp_
 
 
 def test_missing_path_says_where_the_catalogue_gets_the_model(tmp_path) -> None:
-    from bench.checkpoint_hints import missing_path_hint
+    from bench.checkpoints.hints import missing_path_hint
 
     assert missing_path_hint("mae", "S", "mae").startswith(" (catalogue mae/vit-small: no "
                                                              "public release")

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-import bench.checkpoint as ckpt_mod
-from bench.adapter import load_backbone
-from bench.checkpoint import CheckpointError, cached_sha256
-from bench.checkpoint_resolve import read_checkpoint, resolve_checkpoint
+import bench.checkpoints.reader as ckpt_mod
+from bench.backbones.adapter import load_backbone
+from bench.checkpoints.reader import CheckpointError, cached_sha256
+from bench.checkpoints.resolve import read_checkpoint, resolve_checkpoint
 
 
 def tiny_state() -> dict[str, torch.Tensor]:

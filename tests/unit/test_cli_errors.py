@@ -50,12 +50,12 @@ def test_cross_field_error_keeps_its_reason(
 @pytest.fixture
 def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that gets as far as building a model has let a bad value through."""
-    import bench.adapter
+    import bench.backbones.adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built: the bad value was not refused up front")
 
-    monkeypatch.setattr(bench.adapter, "load_backbone", refuse)
+    monkeypatch.setattr(bench.backbones.adapter, "load_backbone", refuse)
 
 
 @pytest.mark.parametrize("value", ["1e45", "inf", "NaN", "-Infinity"])
@@ -117,7 +117,7 @@ def test_read_only_store_or_workdir_fails_before_any_run(
     """On a read-only mount (root writes through chmod, so os.access says it): refused up
     front, naming the folder, not after training."""
     import bench.diskio
-    import bench.runner
+    import bench.suites.runner
 
     store_dir, workdir = tmp_path / "store", tmp_path / "runs"
     store_dir.mkdir()
@@ -126,7 +126,7 @@ def test_read_only_store_or_workdir_fails_before_any_run(
     real_access = os.access
     monkeypatch.setattr(bench.diskio.os, "access",
                         lambda p, mode: False if Path(p) == blocked else real_access(p, mode))
-    monkeypatch.setattr(bench.runner, "select_runs", lambda *a, **k: pytest.fail("ran"))
+    monkeypatch.setattr(bench.suites.runner, "select_runs", lambda *a, **k: pytest.fail("ran"))
     code = main(["run", str(_suite(tmp_path, soda)), "--store", str(store_dir / "r.jsonl"),
                  "--workdir", str(workdir), "--no-progress"])
     assert code == 2

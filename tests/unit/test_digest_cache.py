@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import bench.checkpoint as ckpt_mod
-from bench.checkpoint import DigestCache, cache_root, cached_sha256
+import bench.checkpoints.reader as ckpt_mod
+from bench.checkpoints.reader import DigestCache, cache_root, cached_sha256
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from loopback_http import RangeServer, checkpoint_bytes
 
-from bench.adapter import load_backbone
-from bench.checkpoint import CheckpointError
-from bench.download import DownloadError, cache_path, download_cached
+from bench.backbones.adapter import load_backbone
+from bench.checkpoints.download import DownloadError, cache_path, download_cached
+from bench.checkpoints.reader import CheckpointError
 
 
 @pytest.fixture

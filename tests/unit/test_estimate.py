@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.estimate import (
+from bench.gpu.estimate import (
     Cost,
     MacCounter,
     estimate_suite,

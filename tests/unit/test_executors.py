@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.executors import (
+from bench.suites.executors import (
     InlineExecutor,
     LocalExecutor,
     SlurmExecutor,
     execute_distributed,
     make_executor,
 )
-from bench.matrix import expand
-from bench.runner import Paths, execute_run
-from bench.suite import ExecutorSpec, load_suite
+from bench.suites.load import ExecutorSpec, load_suite
+from bench.suites.matrix import expand
+from bench.suites.runner import Paths, execute_run
 
 SUITE = """\
 suite: slurm-unit

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.adapter import load_backbone
-from bench.flops import backbone_flops, count_macs, model_flops, protocol_flops
+from bench.backbones.adapter import load_backbone
+from bench.backbones.flops import backbone_flops, count_macs, model_flops, protocol_flops
 from bench.protocols.config import resolve_settings
 
 # Backbone-only multiply-adds at 224x224 from timm's results tables (attention included).

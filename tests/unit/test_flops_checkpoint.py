@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from bench.adapter import load_backbone
-from bench.flops import protocol_flops
+from bench.backbones.adapter import load_backbone
+from bench.backbones.flops import protocol_flops
 from bench.protocols.config import resolve_settings
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from bench.gpu_check import CHECKS, NO_CUDA, CheckSettings, Row, Runner, quick_settings
-from bench.gpu_peaks import match_peak, mfu
-from bench.gpu_report import goal_verdict, run_checks
+from bench.gpu.check import CHECKS, NO_CUDA, CheckSettings, Row, Runner, quick_settings
+from bench.gpu.peaks import match_peak, mfu
+from bench.gpu.report import goal_verdict, run_checks
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ def test_training_count_adds_the_auxiliary_fcn_by_hand() -> None:
     batchnorm rule with affine weights), its 1x1 classifier 256*21*16 (SODA's 21 classes)."""
     import torch
 
-    from bench.gpu_check import TrainForward, build_finetune, forward_macs
+    from bench.gpu.check import TrainForward, build_finetune, forward_macs
 
     cfg = quick_settings()
     model, s, info = build_finetune(cfg, torch.device("cpu"))

@@ -25,9 +25,9 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from transformers import ViTConfig, ViTModel
 
-from bench.adapter import load_backbone
-from bench.checkpoint_resolve import resolve_checkpoint
-from bench.hub import HubError, hub_cached, hub_download, parse_hub_path
+from bench.backbones.adapter import load_backbone
+from bench.checkpoints.hub import HubError, hub_cached, hub_download, parse_hub_path
+from bench.checkpoints.resolve import resolve_checkpoint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -303,7 +303,7 @@ protocols:
 
 
 def hub_suite(tmp_path: Path, ckpt: str):
-    from bench.suite import load_suite
+    from bench.suites.load import load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(SUITE.replace("CKPT", ckpt))
@@ -311,7 +311,7 @@ def hub_suite(tmp_path: Path, ckpt: str):
 
 
 def test_validate_reports_an_uncached_hub_checkpoint_offline(offline: Path, tmp_path: Path):
-    from bench.suite_checks import check_files
+    from bench.suites.checks import check_files
 
     suite = hub_suite(tmp_path, "hf://owner/repo/w.pth")
     (problem,) = check_files(suite, load_checkpoints=False)
@@ -325,14 +325,14 @@ def test_validate_reports_an_uncached_hub_checkpoint_offline(offline: Path, tmp_
 
 
 def test_validate_reports_a_malformed_hub_location(offline: Path, tmp_path: Path) -> None:
-    from bench.suite_checks import check_files
+    from bench.suites.checks import check_files
 
     (problem,) = check_files(hub_suite(tmp_path, "hf://owner"), load_checkpoints=False)
     assert "expected hf://owner/repo/path/in/repo" in str(problem)
 
 
 def test_run_loads_the_hub_location_not_a_local_path(offline: Path, tmp_path: Path) -> None:
-    from bench.matrix import expand
+    from bench.suites.matrix import expand
 
     (run,) = expand(hub_suite(tmp_path, "hf://owner/repo/w.pth@v1"))
     assert run.checkpoint == "hf://owner/repo/w.pth@v1"

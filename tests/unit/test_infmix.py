@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.backbone import INFRARED_MEAN, INFRARED_STD
+from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD
 from bench.cli import main
 from unip.infmix import InfMixDataset, build_infmix, read_manifest, summary_path, write_manifest
 

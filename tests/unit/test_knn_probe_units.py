@@ -220,8 +220,8 @@ def test_defaults_are_hummingbirds():
 
 
 def test_flop_model_is_the_backbone_up_to_the_block_read():
-    from bench.adapter import load_backbone
-    from bench.flops import backbone_flops, count_macs
+    from bench.backbones.adapter import load_backbone
+    from bench.backbones.flops import backbone_flops, count_macs
     from plugins.knn_probe.probe import evaluated_model
 
     bb = load_backbone("mae", "tiny", img_size=64, depth=4)

@@ -10,7 +10,7 @@ import torch
 from single_thread import one_thread
 from torch import nn
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from bench.models.heads import BNLinearHead, FCNHead, LinearHead, UPerHead
 from bench.models.necks import MultiLevelNeck
 from bench.models.probe import build_probe, probe_losses

@@ -9,7 +9,7 @@ import pytest
 import torch
 from single_thread import one_thread
 
-from bench.adapter import load_backbone
+from bench.backbones.adapter import load_backbone
 from bench.protocols.config import resolve_settings
 from bench.protocols.engine import build_scheduler
 from bench.protocols.finetune import build_model, optimizer_groups

@@ -15,11 +15,11 @@ import torch
 import yaml
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.adapter import downstream_options, load_backbone
+from bench.backbones.adapter import downstream_options, load_backbone
 from bench.models.layers import cross_entropy
 from bench.protocols.config import resolve_settings
 from bench.protocols.registry import get_protocol
-from bench.suite import load_suite
+from bench.suites.load import load_suite
 
 SUITES = Path(__file__).resolve().parents[2] / "suites"
 PROTOCOL_VERSION = get_protocol("fine_tune").version
@@ -203,7 +203,7 @@ def test_ls_says_which_stored_runs_are_of_an_older_protocol_version(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from bench.cli import main
-    from bench.store import append_record, read_records
+    from bench.results.store import append_record, read_records
 
     suite = tmp_path / "s.yaml"
     suite.write_text(

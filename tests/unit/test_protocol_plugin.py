@@ -29,7 +29,7 @@ from bench.protocols.registry import (
     register_protocol,
 )
 from bench.registry import PROTOCOLS
-from bench.store import RunRecord
+from bench.results.store import RunRecord
 
 ERROR = Metric("error", "pixel error (%)", higher_is_better=False, digits=2)
 ACCURACY = Metric("accuracy", "pixel accuracy (%)")
@@ -156,12 +156,12 @@ seeds: [0]
 
 
 def test_suite_store_tables_and_plots(mean_colour, soda, tmp_path) -> None:
-    from bench.executors import InlineExecutor
-    from bench.plots import plot_layerwise, plot_miou_vs_flops
-    from bench.runner import Paths, run_suite
-    from bench.store import read_records
-    from bench.suite import load_suite
-    from bench.tables import build_leaderboard, render, select_records
+    from bench.results.plots import plot_layerwise, plot_miou_vs_flops
+    from bench.results.store import read_records
+    from bench.results.tables import build_leaderboard, render, select_records
+    from bench.suites.executors import InlineExecutor
+    from bench.suites.load import load_suite
+    from bench.suites.runner import Paths, run_suite
 
     path = tmp_path / "plug.yaml"
     path.write_text(textwrap.dedent(SUITE.format(root=soda)))
@@ -205,7 +205,7 @@ def _record(**kw) -> RunRecord:
 
 
 def test_lower_is_better_marks_the_smallest_value(mean_colour) -> None:
-    from bench.tables import build_leaderboard, render
+    from bench.results.tables import build_leaderboard, render
 
     recs = [_record(run_id=f"r{i}", model_name=name, metrics={"error": e, "accuracy": 100 - e})
             for i, (name, e) in enumerate((("a", 12.345), ("b", 7.5), ("c", 30.0)))]
@@ -215,7 +215,7 @@ def test_lower_is_better_marks_the_smallest_value(mean_colour) -> None:
 
 
 def test_a_protocol_not_registered_here_is_shown_under_its_name() -> None:
-    from bench.tables import build_leaderboard, render
+    from bench.results.tables import build_leaderboard, render
 
     recs = [_record(run_id="k1", protocol="retrieval_probe", protocol_version="1.0",
                     metrics={"top1": 40.0, "top5": 70.0}),
@@ -229,8 +229,8 @@ def test_a_protocol_not_registered_here_is_shown_under_its_name() -> None:
 
 
 def test_unknown_protocols_fail_clearly_everywhere(tmp_path, soda) -> None:
+    from bench.backbones.flops import protocol_flops
     from bench.cli import main
-    from bench.flops import protocol_flops
     from bench.protocols import run_protocol
 
     msg = r"unknown protocol 'zeroshot'; known: fine_tune, .*linear_probe"
@@ -252,7 +252,7 @@ def test_unknown_protocols_fail_clearly_everywhere(tmp_path, soda) -> None:
 def test_a_protocol_without_evaluated_model_cannot_be_counted(soda) -> None:
     from dataclasses import replace
 
-    from bench.flops import protocol_flops
+    from bench.backbones.flops import protocol_flops
 
     register_protocol(replace(MEAN_COLOUR, evaluated_model=None))
     try:
@@ -284,7 +284,7 @@ def test_the_training_loop_keeps_the_best_evaluation_in_the_metrics_direction() 
 
 
 def test_defaults_come_from_the_catalogue_and_the_adapters_declaration() -> None:
-    from bench.adapter import adapter_protocol_defaults, get_adapter
+    from bench.backbones.adapter import adapter_protocol_defaults, get_adapter
     from bench.data import get_dataset_info
 
     nyu = get_dataset_info("nyuv2_depth")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from bench.adapter import AdapterError, get_adapter, load_backbone
+from bench.backbones.adapter import AdapterError, get_adapter, load_backbone
 from tests.release_weights import load_manifest, reference_input, release_tensors
 
 MANIFESTS = (
@@ -125,7 +125,7 @@ def test_wrong_size_is_explained(files) -> None:
 def test_a_512_crop_is_the_releases_37x37_grid(files) -> None:
     """Segmentors pad a 512 crop to 518 px: the backbone is built for that grid, so the
     release's table is used as it is, and FLOPs are counted on the padded input."""
-    from bench.flops import backbone_flops
+    from bench.backbones.flops import backbone_flops
 
     state = release_tensors(load_manifest("dinov2_vits14_pretrain"))
     bb = load_backbone("dinov2", "S", files["dinov2_vits14_pretrain"], img_size=512)

@@ -29,7 +29,7 @@ from release_weights import load_manifest, reference_input, release_tensors
 from safetensors.torch import save_file
 from torch import nn
 
-from bench.adapter import AdapterError, get_adapter, load_backbone
+from bench.backbones.adapter import AdapterError, get_adapter, load_backbone
 
 ADAPTERS = ("mae", "crossmae", "deit", "deit3")
 MANIFESTS = (

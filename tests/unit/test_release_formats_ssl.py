@@ -31,7 +31,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from bench.adapter import AdapterError, get_adapter, load_backbone
+from bench.backbones.adapter import AdapterError, get_adapter, load_backbone
 from tests.release_weights import load_manifest, reference_input, release_tensors
 
 FILE_MANIFESTS = (

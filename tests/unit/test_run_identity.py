@@ -13,9 +13,9 @@ from bench.cli import main
 from bench.data import dataset_fingerprint
 from bench.data.dataset import CONTENT_SAMPLE
 from bench.identity import data_content, differences, matched_on
-from bench.matrix import expand
-from bench.store import append_record, read_records
-from bench.suite import load_suite
+from bench.results.store import append_record, read_records
+from bench.suites.load import load_suite
+from bench.suites.matrix import expand
 
 SUITE = """\
 suite: ident

@@ -11,9 +11,9 @@ import json
 import textwrap
 from pathlib import Path
 
-from bench.matrix import expand, run_id_of
-from bench.runner import prepare_datasets
-from bench.suite import load_suite
+from bench.suites.load import load_suite
+from bench.suites.matrix import expand, run_id_of
+from bench.suites.runner import prepare_datasets
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "store" / "schema1-tiny.jsonl"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.store import (
+from bench.results.store import (
     STORE_SCHEMA_VERSION,
     RunRecord,
     StoreWarning,

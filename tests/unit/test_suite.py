@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.suite import SuiteError, load_suite
+from bench.suites.load import SuiteError, load_suite
 
 VALID = """\
 suite: unit

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.checkpoint import DigestCache
-from bench.matrix import expand
-from bench.suite import SuiteError, load_suite
+from bench.checkpoints.reader import DigestCache
+from bench.suites.load import SuiteError, load_suite
+from bench.suites.matrix import expand
 
 SUITE = """\
 suite: {name}

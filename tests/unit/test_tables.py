@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.store import RunRecord, append_record, read_records
-from bench.tables import (
+from bench.results.store import RunRecord, append_record, read_records
+from bench.results.tables import (
     ConflictingRecordsError,
     MixedVersionsError,
     build_leaderboard,

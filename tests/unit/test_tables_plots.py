@@ -15,8 +15,8 @@ import pytest
 from matplotlib.figure import Figure
 from test_tables import DATASETS, ROWS, fixture_records
 
-from bench.plots import plot_layerwise, plot_miou_vs_flops
-from bench.store import RunRecord
+from bench.results.plots import plot_layerwise, plot_miou_vs_flops
+from bench.results.store import RunRecord
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LETTER = {"tiny": "T", "small": "S"}

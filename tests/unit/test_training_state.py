@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from bench import diskio
-from bench.checkpoint import CheckpointError
+from bench.checkpoints.reader import CheckpointError
 from bench.diskio import DiskFullError, atomic_write
 from bench.protocols.checkpointing import (
     CHECKPOINT_NAME,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.adapter import AdapterError, check_options, get_adapter
+from bench.backbones.adapter import AdapterError, check_options, get_adapter
 from bench.data import get_dataset_info
 from bench.data.spec import DatasetError
 from bench.protocols.config import canonical_protocol

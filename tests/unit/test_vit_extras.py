@@ -14,9 +14,9 @@ import torch
 from single_thread import one_thread
 from timm.layers import LayerScale
 
-import bench.flops as flops
-from bench.adapter import load_backbone
-from bench.flops import MacCount, model_flops, protocol_flops
+import bench.backbones.flops as flops
+from bench.backbones.adapter import load_backbone
+from bench.backbones.flops import MacCount, model_flops, protocol_flops
 from bench.models.vit_extras import (
     RelPosBiasAttention,
     add_finetune_extras,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from bench.checkpoint import CheckpointError, check_sha256
+from bench.checkpoints.reader import CheckpointError, check_sha256
 from bench.diskio import atomic_write_text
 
 LOCK_NAME = "checkpoints.lock"

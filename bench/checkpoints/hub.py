@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.checkpoint import CheckpointError
+from bench.checkpoints.reader import CheckpointError
 
 SCHEME = "hf://"
 DEFAULT_REVISION = "main"
-# What an export folder needs, in the order bench.hf_export looks for the weights.
+# What an export folder needs, in the order bench.checkpoints.hf_export looks for the weights.
 EXPORT_CONFIG = "config.json"
 EXPORT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -211,7 +211,7 @@ def _fetch_export(hp: HubPath) -> Path:
 def _check_blob(hp: HubPath, path: Path, cache_dir: str | Path | None) -> None:
     """A cached LFS file is stored under its sha256: a file that no longer hashes to its
     name was damaged after download, and is refused rather than loaded."""
-    from bench.checkpoint import cached_sha256
+    from bench.checkpoints.reader import cached_sha256
 
     blob = path.resolve()
     if not _SHA256.fullmatch(blob.name):

@@ -2,9 +2,10 @@
 export folder, an ``https://`` URL, an ``hf://`` location or a catalogue id into a local
 file, its sha256 and its tensors.
 
-It sits above :mod:`bench.checkpoint` (safe reading, digests) and the modules that fetch
-(:mod:`bench.download`, :mod:`bench.hub`, :mod:`bench.checkpoint_cache`), which all import
-:mod:`bench.checkpoint` and never this module: no import cycle.
+It sits above :mod:`bench.checkpoints.reader` (safe reading, digests) and the modules that fetch
+(:mod:`bench.checkpoints.download`, :mod:`bench.checkpoints.hub`,
+:mod:`bench.checkpoints.cache`), which all import
+:mod:`bench.checkpoints.reader` and never this module: no import cycle.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.checkpoint import (
+from bench.checkpoints.reader import (
     CheckpointError,
     cached_sha256,
     check_sha256,
@@ -28,7 +29,9 @@ def read_checkpoint(path: Path) -> tuple[Any, dict]:
     """
     path = Path(path)
     if path.is_dir():
-        from bench.hf_export import read_hf_export  # imports bench.checkpoint only
+        from bench.checkpoints.hf_export import (
+            read_hf_export,  # imports bench.checkpoints.reader only
+        )
 
         return read_hf_export(path)
     if not path.exists():
@@ -52,18 +55,18 @@ def resolve_checkpoint(
     if sha256:
         sha256 = check_sha256(sha256)
     if isinstance(checkpoint, str):
-        from bench.checkpoint_cache import resolve_spec
+        from bench.checkpoints.cache import resolve_spec
 
         found = resolve_spec(spec, sha256=sha256, cache_dir=cache_dir)
         if found is not None:
             return found
     if spec.startswith(("http://", "https://")):
-        from bench.download import download_cached
+        from bench.checkpoints.download import download_cached
 
         path = download_cached(spec, sha256=sha256, cache_dir=cache_dir)
         return path, sha256.lower() if sha256 else cached_sha256(path, cache_dir)
-    if spec.startswith("hf://"):  # the Hub's own cache; bench.hub says why a fetch fails
-        from bench.hub import hub_download
+    if spec.startswith("hf://"):  # the Hub's own cache; .hub says why a fetch fails
+        from bench.checkpoints.hub import hub_download
 
         path = hub_download(spec, cache_dir=cache_dir)
     else:
@@ -71,7 +74,7 @@ def resolve_checkpoint(
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        from bench.hf_export import hf_weights_file
+        from bench.checkpoints.hf_export import hf_weights_file
 
         hashed = hf_weights_file(path)
     else:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bench.registry import did_you_mean, literal_hint, unknown_name_message
-from bench.suite_spec import Suite, SuiteProblem
+from bench.suites.spec import Suite, SuiteProblem
 
 
 def _known_datasets() -> list[str]:
@@ -98,11 +98,11 @@ def _settings_problems(suite: Suite, mi: int, di: int, protocol: str) -> list[Su
 def _model_depth(suite: Suite, mi: int) -> int | None:
     """Blocks of model ``mi`` as the suite gives them (``options.depth`` or its size);
     None where the checkpoint decides (a Hugging Face export folder)."""
-    from bench.adapter import AdapterError, get_adapter
+    from bench.backbones.adapter import AdapterError, get_adapter
 
     m = suite.spec.models[mi]
     if m.checkpoint and m.checkpoint.startswith("hf://"):
-        from bench.hub import HubError, parse_hub_path
+        from bench.checkpoints.hub import HubError, parse_hub_path
 
         try:  # hf://owner/repo is an export folder; a malformed one is reported elsewhere
             if parse_hub_path(m.checkpoint).is_folder:
@@ -147,7 +147,7 @@ def _block_problems(
 
 def check_semantics(suite: Suite) -> list[SuiteProblem]:
     """Names (adapters, sizes, datasets, protocols), setting keys and values, duplicates."""
-    from bench.adapter import AdapterError, get_adapter, list_adapters
+    from bench.backbones.adapter import AdapterError, get_adapter, list_adapters
 
     spec = suite.spec
     protocols = list(spec.protocols)
@@ -272,7 +272,7 @@ def check_files(
     Datasets marked ``synthetic`` whose folder does not exist yet are skipped (the runner
     generates them).
     """
-    from bench.checkpoint import sha256_file
+    from bench.checkpoints.reader import sha256_file
 
     hash_fn = sha256_of or sha256_file
     problems: list[SuiteProblem] = []
@@ -295,7 +295,7 @@ def check_files(
             continue
         path = Path(m.checkpoint).expanduser()
         if not path.exists():
-            from bench.checkpoint_hints import missing_path_hint
+            from bench.checkpoints.hints import missing_path_hint
 
             hint = missing_path_hint(m.adapter, m.size, m.label)
             problems.append(suite.problem(where, f"checkpoint {path} does not exist{hint}"))
@@ -322,8 +322,8 @@ def check_files(
 def _catalogue_problem(m: Any) -> str | None:
     """For a catalogue id (or a misspelt one): what is wrong ('' for nothing, e.g. fetched
     and pinned); None when the checkpoint is a path or URL."""
-    from bench.catalogue import is_catalogue_id, unknown_id_message
-    from bench.checkpoint_hints import suite_problem
+    from bench.checkpoints.catalogue import is_catalogue_id, unknown_id_message
+    from bench.checkpoints.hints import suite_problem
 
     if is_catalogue_id(m.checkpoint):
         return suite_problem(m.checkpoint, m.sha256, m.adapter, m.size) or ""
@@ -335,7 +335,7 @@ def _hub_problems(
 ) -> list[SuiteProblem]:
     """An ``hf://`` checkpoint: well formed; loaded (fetched) when checkpoints are loaded;
     else present in the Hub cache, or fetched on first use unless HF_HUB_OFFLINE is set."""
-    from bench.hub import HubError, hub_cached, hub_offline, parse_hub_path
+    from bench.checkpoints.hub import HubError, hub_cached, hub_offline, parse_hub_path
 
     m = suite.spec.models[i]
     where = ("models", i, "checkpoint")
@@ -357,7 +357,7 @@ def _hub_problems(
 
 
 def _load_problem(suite: Suite, i: int) -> list[SuiteProblem]:
-    from bench.adapter import downstream_options, load_backbone
+    from bench.backbones.adapter import downstream_options, load_backbone
 
     m = suite.spec.models[i]
     try:

@@ -6,10 +6,10 @@ b the backward's cost in forward passes (2 when gradients flow to the inputs and
 of every layer, fine-tuning's whole segmentor; 1 for a linear head on frozen features,
 which needs its weight gradient only). Evaluation FLOPs = 2 x evaluations x images x
 sliding windows x E, E the forward multiply-adds of the evaluated model per window.
-Multiply-adds come from our counter (:func:`bench.flops.count_macs`) on the models the
+Multiply-adds come from our counter (:func:`bench.backbones.flops.count_macs`) on the models the
 protocols build, at the settings' crop size. Hours = FLOPs / (assumed MFU x peak).
 
-``python -m bench.estimate suites/paper/*.yaml`` prints the table of suites/paper/README.md.
+``python -m bench.gpu.estimate suites/paper/*.yaml`` prints the table of suites/paper/README.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Assumed sustained throughput: 40 % MFU of an H100 SXM's dense bf16 peak (bench.gpu_peaks).
+# Assumed sustained throughput: 40 % MFU of an H100 SXM's dense bf16 peak (bench.gpu.peaks).
 ASSUMED_PEAK_TFLOPS = 989.5
 ASSUMED_MFU = 0.40
 # Evaluation frames: 4:3 landscape (SODA, MFNet, SCUT-Seg, NYUv2; most of ADE20K and
@@ -102,15 +102,15 @@ class MacCounter:
                options: dict | None = None) -> dict:
         import torch
 
-        from bench.adapter import downstream_options, load_backbone
-        from bench.flops import count_macs
+        from bench.backbones.adapter import downstream_options, load_backbone
+        from bench.backbones.flops import count_macs
         from bench.models.probe import build_probe
 
         x = (torch.zeros(1, 3, s.crop_size, s.crop_size),)
         backbone = load_backbone(adapter, size, None, img_size=s.crop_size,
                                  **downstream_options(adapter, options))
         if protocol == "fine_tune":
-            from bench.gpu_check import TrainForward
+            from bench.gpu.check import TrainForward
             from bench.protocols.finetune import build_model
 
             model = build_model(backbone, num_classes, s)
@@ -167,8 +167,8 @@ def estimate_suite(path: str, counter: MacCounter | None = None) -> SuiteEstimat
     """Count the runs of the suite at ``path`` (models x datasets x protocols x seeds) and
     estimate their GPU-hours with training and evaluation split."""
     from bench.data import get_dataset_info
-    from bench.suite import load_suite
-    from bench.suite_checks import resolved_settings
+    from bench.suites.checks import resolved_settings
+    from bench.suites.load import load_suite
 
     counter = counter or MacCounter()
     suite = load_suite(path)
@@ -223,7 +223,7 @@ def format_table(estimates: Sequence[SuiteEstimate]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.estimate",
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.estimate",
                                 description=__doc__.splitlines()[0])
     p.add_argument("suites", nargs="+", help="suite YAML files")
     args = p.parse_args(argv)

@@ -4,10 +4,10 @@ Each check builds its model with the project's own builders (the fine-tuning seg
 ``bench.protocols.finetune``, its AdamW groups and schedule; the NMI-HAD teacher, student
 and ``Distiller`` step of ``unip``), runs warm-up steps, times the rest and reports step
 time, achieved TFLOP/s, model FLOPs utilisation (MFU) and peak memory. Model FLOPs come
-from our counter (:func:`bench.flops.count_macs`, multiply-adds x 2); a training step is
+from our counter (:func:`bench.backbones.flops.count_macs`, multiply-adds x 2); a training step is
 counted as 3 forward passes (forward + backward, the usual convention), a frozen teacher
 as one. A check that fails reports its error in its row; the others still run.
-:mod:`bench.gpu_report` runs them, prints the table and judges the MFU goal.
+:mod:`bench.gpu.report` runs them, prints the table and judges the MFU goal.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.gpu_peaks import match_peak, mfu
+from bench.gpu.peaks import match_peak, mfu
 
 CHECKS = ("finetune_bf16", "finetune_fp16_scaler", "ddp_syncbn_bf16", "distill_bf16",
           "finetune_bf16_compile")
@@ -165,7 +165,7 @@ class TrainForward(nn.Module):
 
 def forward_macs(model: nn.Module, shape: tuple[int, ...], dev: torch.device) -> int:
     """Multiply-adds of one forward pass of one input of ``shape`` (our fvcore counter)."""
-    from bench.flops import count_macs
+    from bench.backbones.flops import count_macs
 
     return count_macs(model, (torch.zeros(1, *shape, device=dev),)).total
 
@@ -173,7 +173,7 @@ def forward_macs(model: nn.Module, shape: tuple[int, ...], dev: torch.device) ->
 def build_finetune(cfg: CheckSettings, dev: torch.device) -> tuple[nn.Module, Any, Any]:
     """Segmentor (random backbone) on ``dev``, the resolved settings and the dataset info,
     as the fine-tuning protocol builds them."""
-    from bench.adapter import downstream_options, load_backbone
+    from bench.backbones.adapter import downstream_options, load_backbone
     from bench.data import get_dataset_info
     from bench.protocols.config import resolve_settings
     from bench.protocols.finetune import build_model
@@ -369,7 +369,7 @@ class Runner:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
-        from bench.adapter import load_backbone
+        from bench.backbones.adapter import load_backbone
         from bench.protocols.optim import build_adamw
         from bench.protocols.schedules import warmup_cosine
         from unip.distill import Distiller, distill_param_groups

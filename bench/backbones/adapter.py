@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneMeta
+from bench.backbones.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneMeta
 from bench.registry import ADAPTERS, RegistryError, did_you_mean, unknown_name_message
 
 
@@ -594,7 +594,7 @@ def load_backbone(
     Extra ``options`` go to the adapter (e.g. ``last_heads`` for UNIP, ``depth`` for
     shallow test models).
     """
-    from bench.checkpoint_resolve import read_checkpoint, resolve_checkpoint
+    from bench.checkpoints.resolve import read_checkpoint, resolve_checkpoint
 
     adapter = get_adapter(name)
     check_options(adapter, options)

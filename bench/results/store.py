@@ -39,7 +39,7 @@ class StoreWarning(UserWarning):
 
 
 class FlopsInfo(BaseModel):
-    """How much a forward pass costs and how that was counted (see :mod:`bench.flops`)."""
+    """How much a forward pass costs and how that was counted (see :mod:`bench.backbones.flops`)."""
 
     model_config = ConfigDict(extra="allow")
 

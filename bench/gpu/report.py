@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from bench.gpu_check import CheckSettings, Row, Runner
-from bench.gpu_peaks import HOPPER_CLASS, match_peak
+from bench.gpu.check import CheckSettings, Row, Runner
+from bench.gpu.peaks import HOPPER_CLASS, match_peak
 
 # Our goal for the bf16 fine-tuning step on an H100/H200-class GPU.
 MFU_GOAL = 0.40
@@ -111,9 +111,9 @@ def run_checks(cfg: CheckSettings, log: Callable[[str], None] = print) -> dict[s
     return {
         "environment": env,
         "settings": {**asdict(cfg), "checks": list(cfg.checks)},
-        "flops_convention": "2 x multiply-adds of the forward pass counted by bench.flops "
-        "(fvcore, attention matmuls included); training step = 3 x forward; a frozen "
-        "teacher = 1 x forward",
+        "flops_convention": "2 x multiply-adds of the forward pass counted by "
+        "bench.backbones.flops (fvcore, attention matmuls included); training step = "
+        "3 x forward; a frozen teacher = 1 x forward",
         "rows": [asdict(r) for r in rows],
         "goal": verdict,
         "elapsed_s": round(elapsed, 3),

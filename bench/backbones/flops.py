@@ -183,7 +183,7 @@ def model_flops(
     count, their elementwise work does not). Weights do not change a count, so no
     checkpoint is read.
     """
-    from bench.adapter import downstream_options, load_backbone
+    from bench.backbones.adapter import downstream_options, load_backbone
     from bench.protocols.config import resolve_settings
     from bench.protocols.registry import get_protocol, ordered_protocols
 
@@ -259,7 +259,7 @@ def protocol_flops(
     because it can fix the geometry (a UNIP student's depth and last-block heads come
     from its metadata); its values do not change a count.
     """
-    from bench.adapter import downstream_options, load_backbone
+    from bench.backbones.adapter import downstream_options, load_backbone
     from bench.protocols.registry import get_protocol
 
     protocol = get_protocol(protocol).name  # an unknown name fails before any loading

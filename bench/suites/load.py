@@ -2,8 +2,8 @@
 
 A suite lists models, datasets, protocols (with their settings) and seeds; the runner
 expands them into runs. Its schema and the loaded :class:`Suite` are in
-:mod:`bench.suite_spec` (named here too); the checks of names and settings that every
-load runs are in :mod:`bench.suite_checks`. Every problem names its file and line.
+:mod:`bench.suites.spec` (named here too); the checks of names and settings that every
+load runs are in :mod:`bench.suites.checks`. Every problem names its file and line.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bench.registry import did_you_mean, literal_hint
-from bench.suite_spec import (
+from bench.suites.spec import (
     DatasetSpec,
     ExecutorSpec,
     ModelSpec,
@@ -29,7 +29,7 @@ from bench.suite_spec import (
     SyntheticSpec,
     locate,
 )
-from bench.yaml_source import YamlSource, YamlSourceError, format_path, load_yaml
+from bench.suites.yaml_source import YamlSource, YamlSourceError, format_path, load_yaml
 
 __all__ = [
     "DatasetSpec", "ExecutorSpec", "ModelSpec", "ProtocolOverrides", "Suite", "SuiteError",
@@ -148,7 +148,7 @@ def load_suite(path: str | Path) -> Suite:
     except ValidationError as exc:
         raise SuiteError(_schema_problems(exc, sources)) from None
     suite = Suite(spec=spec, path=path, sources=sources)
-    from bench.suite_checks import check_semantics
+    from bench.suites.checks import check_semantics
 
     problems = check_semantics(suite)
     if problems:

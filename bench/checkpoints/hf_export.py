@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.checkpoint import CheckpointError, load_pickle_checkpoint, load_safetensors
+from bench.checkpoints.reader import CheckpointError, load_pickle_checkpoint, load_safetensors
 
 # Weights file names save_pretrained writes, in the order we prefer them.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -1,6 +1,6 @@
 """Where runs execute: this process (inline), local worker processes, or SLURM.
 
-All three call :func:`bench.runner.execute_run` for each run, which writes the run's
+All three call :func:`bench.suites.runner.execute_run` for each run, which writes the run's
 record itself, so a store is complete whichever executor ran it. ``run(runs, paths,
 on_result)`` reports each outcome as it arrives and returns cluster job ids, if any.
 """
@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.matrix import Run
-from bench.runner import Paths, execute_run, failed_outcome
-from bench.suite import ExecutorSpec
+from bench.suites.load import ExecutorSpec
+from bench.suites.matrix import Run
+from bench.suites.runner import Paths, execute_run, failed_outcome
 
 OnResult = Callable[[str, dict], None]
 POLL_S = 1.0

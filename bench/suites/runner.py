@@ -1,6 +1,6 @@
 """Running a suite: expand, skip what the store has, resume the rest, record every outcome.
 
-A run's id covers its inputs' content (see :mod:`bench.matrix`), so a result is reused
+A run's id covers its inputs' content (see :mod:`bench.suites.matrix`), so a result is reused
 only for the same data, weights, settings, seed and protocol version, and says so.
 
 ``execute_run`` is what a worker (this process, a local process, a SLURM task) does for
@@ -22,9 +22,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from bench.checkpoint import DigestCache, cache_root
-from bench.matrix import Run, expand
-from bench.store import (
+from bench.checkpoints.reader import DigestCache, cache_root
+from bench.results.store import (
     DEFAULT_STORE,
     RunRecord,
     append_record,
@@ -32,7 +31,8 @@ from bench.store import (
     latest_by_run,
     read_records,
 )
-from bench.suite import Suite
+from bench.suites.load import Suite
+from bench.suites.matrix import Run, expand
 
 DEFAULT_WORKDIR = Path("results/runs")
 DEFAULT_SUITE = Path("suites/demo.yaml")
@@ -41,7 +41,7 @@ STATES = ("done", "failed", "partial", "pending")
 
 def default_suite_path() -> Path:
     """suites/demo.yaml of this checkout (or of the working directory)."""
-    from bench.provenance import REPO_ROOT
+    from bench.results.provenance import REPO_ROOT
 
     for candidate in (REPO_ROOT / DEFAULT_SUITE, Path.cwd() / DEFAULT_SUITE):
         if candidate.is_file():
@@ -148,7 +148,7 @@ def _flops(run: Run, settings: Any, num_classes: int) -> dict:
 @functools.lru_cache(maxsize=64)
 def _cached_flops(protocol: str, settings_json: str, adapter: str, size: str,
                   num_classes: int, options: tuple, checkpoint: str | None) -> Any:
-    from bench.flops import protocol_flops
+    from bench.backbones.flops import protocol_flops
     from bench.protocols.registry import get_protocol
 
     settings = get_protocol(protocol).settings.model_validate_json(settings_json)
@@ -157,7 +157,7 @@ def _cached_flops(protocol: str, settings_json: str, adapter: str, size: str,
 
 
 def _base_record(run: Run) -> dict[str, Any]:
-    from bench.provenance import git_info, host_name, package_versions
+    from bench.results.provenance import git_info, host_name, package_versions
 
     return {
         "run_id": run.run_id,
@@ -230,7 +230,7 @@ def _write_holder(path: Path) -> None:
     import json
 
     from bench.diskio import atomic_write_text
-    from bench.provenance import host_name
+    from bench.results.provenance import host_name
 
     atomic_write_text(path, json.dumps({"pid": os.getpid(), "host": host_name()}))
 
@@ -468,7 +468,7 @@ def run_suite(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> SuiteOutcome:
-    """Run what is not done yet with ``executor`` (see :mod:`bench.executors`).
+    """Run what is not done yet with ``executor`` (see :mod:`bench.suites.executors`).
 
     Each result taken from the store is named with what it matched on; each run whose
     row has a stored result of other inputs says what changed. Runs that another process
@@ -477,7 +477,7 @@ def run_suite(
     """
     from tqdm import tqdm
 
-    from bench.provenance import git_info
+    from bench.results.provenance import git_info
 
     paths.check_writable()
     # Synthetic data first: the run ids cover the data's content, taken after generation.

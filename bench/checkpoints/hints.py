@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.adapter import AdapterError, get_adapter
-from bench.catalogue import get_entry, load_catalogue
-from bench.checkpoint import CheckpointError
-from bench.checkpoint_cache import fetch_command, resolve_id
+from bench.backbones.adapter import AdapterError, get_adapter
+from bench.checkpoints.cache import fetch_command, resolve_id
+from bench.checkpoints.catalogue import get_entry, load_catalogue
+from bench.checkpoints.reader import CheckpointError
 
 
 def suite_problem(

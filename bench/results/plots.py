@@ -10,9 +10,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.adapter import size_letter
-from bench.store import RunRecord
-from bench.tables import SIZE_ORDER, ProtocolView, layer_curve, protocol_views
+from bench.backbones.adapter import size_letter
+from bench.results.store import RunRecord
+from bench.results.tables import SIZE_ORDER, ProtocolView, layer_curve, protocol_views
 
 
 def _pyplot():

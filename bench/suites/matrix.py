@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.adapter import get_adapter, size_letter
-from bench.checkpoint import DigestCache
-from bench.suite import Suite
+from bench.backbones.adapter import get_adapter, size_letter
+from bench.checkpoints.reader import DigestCache
+from bench.suites.load import Suite
 
 RUN_ID_CHARS = 16
 
@@ -92,10 +92,10 @@ def checkpoint_identity(
     """(path or URL to load, what identifies the weights) for a model's checkpoint."""
     if checkpoint is None:
         return None, None
-    from bench.catalogue import is_catalogue_id
+    from bench.checkpoints.catalogue import is_catalogue_id
 
     if is_catalogue_id(checkpoint):  # loaded by id; identified by its pinned digest
-        from bench.checkpoint_cache import catalogue_identity
+        from bench.checkpoints.cache import catalogue_identity
 
         return checkpoint, catalogue_identity(checkpoint, sha256)
     if checkpoint.startswith(("http://", "https://", "hf://")):  # remote: loaded by name
@@ -121,7 +121,7 @@ def expand(suite: Suite, digests: DigestCache | None = None, data: bool = True) 
     from bench.identity import IDENTITY_SCHEME, data_content, run_splits
     from bench.protocols.config import identity_settings
     from bench.protocols.registry import get_protocol
-    from bench.suite_checks import resolved_settings
+    from bench.suites.checks import resolved_settings
 
     cache = digests or DigestCache(None)
     spec = suite.spec

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
-from bench.checkpoint import CheckpointError, cache_root, cached_sha256, check_sha256
+from bench.checkpoints.reader import CheckpointError, cache_root, cached_sha256, check_sha256
 from bench.diskio import atomic_write
 
 CHUNK = 1 << 20

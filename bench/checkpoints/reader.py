@@ -1,7 +1,7 @@
 """Reading checkpoint files safely: untrusted pickles, safetensors; digests and their cache.
 
 Where a checkpoint comes from (a URL, the Hub, a catalogue id, an HF export folder) is
-:mod:`bench.checkpoint_resolve`'s job, so this module imports none of those.
+:mod:`bench.checkpoints.resolve`'s job, so this module imports none of those.
 
 Pickled checkpoints are read with ``weights_only=True`` and only the harmless extra types
 real checkpoints carry (``argparse.Namespace`` in MAE/DINO/DeiT training files, numpy

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from bench.adapter import size_letter
+from bench.backbones.adapter import size_letter
 from bench.protocols.registry import MIOU, Metric, find_protocol, ordered_protocols
 from bench.protocols.registry import sort_protocol_names as _sort_protocols
-from bench.store import RunRecord, latest_by_run
+from bench.results.store import RunRecord, latest_by_run
 
 SIZE_ORDER = {"tiny": 0, "small": 1, "base": 2, "large": 3}
 RANDOM_INIT_MARK = "†"
@@ -130,7 +130,7 @@ class Leaderboard:
 # ---------------------------------------------------------------------------- inputs
 def load_reference(path: str | Path | None = None) -> dict[str, Any] | None:
     """Published numbers (``results/reference/paper-figure2.yaml``); None if absent."""
-    from bench.provenance import REPO_ROOT
+    from bench.results.provenance import REPO_ROOT
 
     candidates = [Path(path)] if path else [DEFAULT_REFERENCE, REPO_ROOT / DEFAULT_REFERENCE]
     for p in candidates:

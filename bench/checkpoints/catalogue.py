@@ -1,9 +1,9 @@
-"""The checkpoint catalogue (``bench/checkpoints.yaml``): published checkpoints by id.
+"""The checkpoint catalogue (``bench/checkpoints/catalogue.yaml``): published checkpoints by id.
 
 An id such as ``mae/vit-base`` names one publisher's file: where to download it, which
 adapter, size and format it is, its licence and whatever digest the publisher states.
 Suites and ``load_backbone`` accept an id wherever they accept a path; the file itself is
-fetched into the cache by ``unipbench checkpoints fetch`` (:mod:`bench.checkpoint_cache`).
+fetched into the cache by ``unipbench checkpoints fetch`` (:mod:`bench.checkpoints.cache`).
 
 ``UNIPBENCH_CATALOGUE`` adds catalogue files of one's own (``os.pathsep``-separated), in
 the same format; their ids override the shipped ones.
@@ -20,11 +20,11 @@ from urllib.parse import quote, unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.checkpoint import CheckpointError
+from bench.checkpoints.reader import CheckpointError
 from bench.registry import did_you_mean
-from bench.yaml_source import YamlSourceError, format_path, load_yaml
+from bench.suites.yaml_source import YamlSourceError, format_path, load_yaml
 
-CATALOGUE_FILE = Path(__file__).with_name("checkpoints.yaml")
+CATALOGUE_FILE = Path(__file__).with_name("catalogue.yaml")
 CATALOGUE_ENV = "UNIPBENCH_CATALOGUE"
 HUB_URL = "https://huggingface.co"
 

@@ -100,7 +100,7 @@ def attention_logits_fn(module: nn.Module) -> AttentionLogits:
     raise TypeError(
         f"no attention-logits function is registered for {type(module).__name__} "
         f"({type(module).__module__}); known: {known}. Register one with "
-        "bench.backbone.register_attention_logits"
+        "bench.backbones.backbone.register_attention_logits"
     )
 
 

@@ -1,8 +1,8 @@
-"""A suite's schema and the loaded suite: what :mod:`bench.suite` reads and checks build on.
+"""A suite's schema and the loaded suite: what :mod:`bench.suites.load` reads and checks build on.
 
 The models here validate one suite's keys and values; :class:`Suite` keeps where each key
 came from, so that every :class:`SuiteProblem`, from the schema or from the checks in
-:mod:`bench.suite_checks`, names a file and a line.
+:mod:`bench.suites.checks`, names a file and a line.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bench.choices import yaml_bools_to_choices
-from bench.yaml_source import YamlSource, format_path
+from bench.suites.yaml_source import YamlSource, format_path
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ModelSpec(_Spec):
     def _digest(cls, v: str | None) -> str | None:
         # A typo here must read as a typo, not as "the checkpoint does not match".
         if v is not None:
-            from bench.checkpoint import check_sha256
+            from bench.checkpoints.reader import check_sha256
 
             check_sha256(v)
         return v

@@ -4,7 +4,7 @@ A catalogue id's file lives at ``<cache>/<id>/<publisher's file name>`` (the cac
 ``$UNIPBENCH_CACHE/checkpoints``, by default ``~/.cache/unipbench/checkpoints``); while it
 downloads it is ``<file>.part``, which is resumed, never loaded. ``fetch`` checks every
 digest the publisher states and pins the file's sha256 in the lock file
-(:mod:`bench.checkpoint_lock`); ``resolve_id`` — what loading an id goes through — finds
+(:mod:`bench.checkpoints.lock`); ``resolve_id`` — what loading an id goes through — finds
 the cached file and compares it with the pin before anything reads it.
 """
 
@@ -18,7 +18,7 @@ from typing import IO
 
 from filelock import FileLock
 
-from bench.catalogue import (
+from bench.checkpoints.catalogue import (
     CatalogueError,
     Entry,
     get_entry,
@@ -26,9 +26,9 @@ from bench.catalogue import (
     load_catalogue,
     unknown_id_message,
 )
-from bench.checkpoint import cache_root, cached_sha256, sha256_file
-from bench.checkpoint_lock import Pin, lock_path, read_lock, write_pin
-from bench.download import CHUNK, DownloadError, download_resumable
+from bench.checkpoints.download import CHUNK, DownloadError, download_resumable
+from bench.checkpoints.lock import Pin, lock_path, read_lock, write_pin
+from bench.checkpoints.reader import cache_root, cached_sha256, sha256_file
 
 
 def cached_file(entry: Entry, cache_dir: str | Path | None = None) -> Path:

@@ -1,0 +1,1 @@
+"""Backbones: the adapter contract, the Backbone interface over timm models, FLOP counts."""

@@ -1,0 +1,1 @@
+"""Suites: YAML specs, their checks, the run matrix, and the executors that run it."""
