@@ -51,7 +51,6 @@ LARGE = dataclasses.replace(VIT_LARGE, patch_size=PATCH)
 # units. timm's packed SwiGLU takes the doubled width as mlp_ratio (8192 / 1536), as its
 # vit_giant_patch14_dinov2 does. The protocols read the blocks at the same fractions of
 # depth as ViT-L's 8/12/16/24 and ViT-B's 4/6/8/12 (1/3, 1/2, 2/3, all): 13/20/27/40.
-_GIANT_BLOCKS = [12, 19, 26, 39]
 GIANT = SizeSpec(
     name="giant",
     letter="g",
@@ -61,10 +60,6 @@ GIANT = SizeSpec(
     patch_size=PATCH,
     aliases=("vit-g", "vit_g", "giant2"),
     vit_kwargs={"mlp_ratio": 2.66667 * 2, "mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU},
-    protocol_defaults={
-        "fine_tune": {"layers": _GIANT_BLOCKS, "drop_path": 0.2},
-        "linear_probe": {"layers": _GIANT_BLOCKS},
-    },
 )
 
 # The hub builders' interpolate_pos_encoding settings (hub/backbones.py).

@@ -57,8 +57,8 @@ class SizeSpec:
     print ("T", "S", "B", "L", "g"); ``aliases`` are further names a suite may use (the
     name and letter always resolve, case-insensitively). ``vit_kwargs`` are further
     keyword arguments of the timm model (SwiGLU MLPs, LayerScale ...);
-    ``protocol_defaults`` are settings per protocol name that this size brings (ViT-L
-    reads deeper blocks), below the adapter's own and the user's.
+    ``protocol_defaults`` are settings per protocol name that this size brings beyond what
+    the protocols derive from its depth, below the adapter's own and the user's.
     """
 
     name: str
@@ -89,23 +89,13 @@ def _vit(name: str, letter: str, dim: int, depth: int, heads: int, **kw: Any) ->
     return SizeSpec(name, letter, dim, depth, heads, aliases=aliases, **kw)
 
 
-# The standard ViT sizes (patch 16) every ordinary ViT adapter shares. ViT-L has 24 blocks,
-# so the protocols read its blocks 8/12/16/24 (1-based) and give it more stochastic depth.
-_VIT_L_BLOCKS = [7, 11, 15, 23]
+# The standard ViT sizes (patch 16) every ordinary ViT adapter shares. What the protocols
+# read of a deeper ViT (ViT-L's blocks 8/12/16/24) follows from its depth: each protocol
+# declares that (Protocol.geometry_defaults), so sizes name no protocol.
 VIT_TINY = _vit("tiny", "T", 192, 12, 3)
 VIT_SMALL = _vit("small", "S", 384, 12, 6)
 VIT_BASE = _vit("base", "B", 768, 12, 12)
-VIT_LARGE = _vit(
-    "large",
-    "L",
-    1024,
-    24,
-    16,
-    protocol_defaults={
-        "fine_tune": {"layers": _VIT_L_BLOCKS, "drop_path": 0.2},
-        "linear_probe": {"layers": _VIT_L_BLOCKS},
-    },
-)
+VIT_LARGE = _vit("large", "L", 1024, 24, 16)
 STANDARD_VIT_SIZES: tuple[SizeSpec, ...] = (VIT_TINY, VIT_SMALL, VIT_BASE, VIT_LARGE)
 
 

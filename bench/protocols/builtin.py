@@ -6,12 +6,32 @@ imported only when a run or a FLOP count needs it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.protocols.config import (
     FineTuneSettings,
     LayerwiseProbeSettings,
     LinearProbeSettings,
 )
 from bench.protocols.registry import Protocol
+
+
+def read_blocks(depth: int) -> list[int]:
+    """Zero-based blocks at a third, half, two thirds and the end of the depth: the released
+    configs' out_indices, [3, 5, 7, 11] for 12 blocks and [7, 11, 15, 23] for ViT-L's 24."""
+    return [round(depth * f) - 1 for f in (1 / 3, 1 / 2, 2 / 3, 1)]
+
+
+def fine_tune_geometry(size: Any) -> dict[str, Any]:
+    """The four blocks the neck reads; 24 blocks and more (ViT-L) get the released ViT-L
+    configs' stochastic depth 0.2 instead of 0.1."""
+    return {"layers": read_blocks(size.depth), **({"drop_path": 0.2} if size.depth >= 24 else {})}
+
+
+def linear_probe_geometry(size: Any) -> dict[str, Any]:
+    """The four blocks concatenated into the probe's input."""
+    return {"layers": read_blocks(size.depth)}
+
 
 # 2.0: the released UNIP pipeline's defaults (layer scale and relative position bias in
 # the fine-tuned backbone, weight decay on pos_embed/cls_token, loss averaged over all
@@ -27,6 +47,7 @@ FINE_TUNE = Protocol(
     title="Fine-tuning",
     description="Full fine-tuning: ViT + neck + UPerNet (+ auxiliary FCN), layer-wise lr decay.",
     aliases=("finetune", "ft"),
+    geometry_defaults=fine_tune_geometry,
     reference_key="fine_tuning",
     order=0,
 )
@@ -41,6 +62,7 @@ LINEAR_PROBE = Protocol(
     title="Linear probing",
     description="Frozen backbone; four blocks concatenated into one 1x1 conv head.",
     aliases=("linearprobe", "lp", "linear-probe"),
+    geometry_defaults=linear_probe_geometry,
     reference_key="linear_probing",
     result_fields=("lr_sweep",),
     order=1,

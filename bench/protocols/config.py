@@ -428,22 +428,25 @@ def resolve_settings(
     size: str,
     overrides: dict[str, Any] | None = None,
 ) -> ProtocolSettings:
-    """Settings class defaults <- dataset catalogue <- adapter (and size) <- ``overrides``.
+    """Settings class defaults <- dataset catalogue <- the protocol's defaults for the
+    backbone's geometry <- adapter (and size) <- ``overrides``.
 
     The dataset's and the adapter's ``protocol_defaults`` only fill fields the protocol's
     settings class has. An unknown protocol or override key raises ValueError with a
     did-you-mean suggestion; a value of the wrong type raises pydantic's ValidationError
     (also a ValueError).
     """
-    from bench.backbones.adapter import adapter_protocol_defaults
+    from bench.backbones.adapter import adapter_protocol_defaults, get_adapter
     from bench.protocols.registry import get_protocol
 
     proto = get_protocol(protocol)
     cls = proto.settings
     fields = set(cls.model_fields)
+    geometry = proto.geometry_fn()
     values: dict[str, Any] = {}
     for layer in (
         dataset_protocol_defaults(dataset, proto.name),
+        geometry(get_adapter(adapter).size(size)) if geometry is not None else {},
         adapter_protocol_defaults(adapter, proto.name, size),
     ):
         values.update({k: v for k, v in layer.items() if k in fields})

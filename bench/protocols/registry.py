@@ -76,6 +76,10 @@ class Protocol:
     per_layer: bool = False
     # Key of this protocol's table in the published reference numbers, if the paper has one.
     reference_key: str | None = None
+    # ``geometry_defaults(size_spec) -> settings``: what this protocol's settings follow
+    # from the backbone's declared geometry (which blocks to read for a depth), applied
+    # over the dataset's defaults and under the adapter's and the user's.
+    geometry_defaults: Callable[..., dict[str, Any]] | str | None = None
     # Extra result fields this protocol adds (documentation for the store and docs).
     result_fields: tuple[str, ...] = field(default=())
     # Where its columns and figures come among the protocols (lower first, then by name).
@@ -92,6 +96,11 @@ class Protocol:
 
     def run_fn(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.run, f"protocol {self.name!r} run")
+
+    def geometry_fn(self) -> Callable[..., dict[str, Any]] | None:
+        if self.geometry_defaults is None:
+            return None
+        return _resolve(self.geometry_defaults, f"protocol {self.name!r} geometry_defaults")
 
     def model_fn(self) -> Callable[..., Any] | None:
         if self.evaluated_model is None:

@@ -266,20 +266,16 @@ def test_a_protocol_without_evaluated_model_cannot_be_counted(soda) -> None:
 def test_the_training_loop_keeps_the_best_evaluation_in_the_metrics_direction() -> None:
     from types import SimpleNamespace
 
-    from bench.protocols.engine import Trainer
+    from bench.protocols.engine import MetricEvaluation
 
     evaluations = iter([[{"error": 9.0}], [{"error": 4.0}], [{"error": 6.0}]])
     logged: list[dict] = []
-    trainer = Trainer.__new__(Trainer)  # only what an evaluation touches
-    trainer.evaluate = lambda: next(evaluations)
-    trainer.acc = SimpleNamespace(log=lambda values, step: logged.append(values))
-    trainer.primary = ERROR
-    best: list = [None]
-    history: list[dict] = []
+    acc = SimpleNamespace(log=lambda values, step: logged.append(values))
+    evaluation = MetricEvaluation(acc, lambda: next(evaluations), 1, ERROR)  # type: ignore[arg-type]
     for it in (10, 20, 30):
-        trainer._eval(it, best, history)
-    assert best == [{"iteration": 20, "error": 4.0}]
-    assert [h["error"] for h in history] == [[9.0], [4.0], [6.0]]
+        evaluation(it)
+    assert evaluation.best == [{"iteration": 20, "error": 4.0}]
+    assert [h["error"] for h in evaluation.history] == [[9.0], [4.0], [6.0]]
     assert logged[0] == {"eval/error": 9.0}
 
 
@@ -295,8 +291,12 @@ def test_defaults_come_from_the_catalogue_and_the_adapters_declaration() -> None
     assert get_adapter("unip").protocol_defaults["fine_tune"] == {
         "layer_decay": 0.85, "neck": "llfpn", "rel_pos_bias": False}
     assert adapter_protocol_defaults("unip", "linear_probe", "S") == {}
-    assert adapter_protocol_defaults("mae", "fine_tune", "L") == {
-        "layers": [7, 11, 15, 23], "drop_path": 0.2}
+    assert adapter_protocol_defaults("mae", "fine_tune", "L") == {}  # ViT-L: from its depth
+    vit_l = resolve_settings("fine_tune", "soda", "mae", "L")
+    assert (vit_l.layers, vit_l.drop_path) == ([7, 11, 15, 23], 0.2)  # released ViT-L configs
+    assert resolve_settings("linear_probe", "soda", "mae", "L").layers == [7, 11, 15, 23]
+    vit_b = resolve_settings("fine_tune", "soda", "mae", "B")
+    assert (vit_b.layers, vit_b.drop_path) == ([3, 5, 7, 11], 0.1)
     # The user's overrides win over the adapter's declaration.
     s = resolve_settings("fine_tune", "soda", "unip", "S", {"neck": "multilevel"})
     assert (s.layer_decay, s.neck, s.rel_pos_bias) == (0.85, "multilevel", False)

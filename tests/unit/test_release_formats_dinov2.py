@@ -108,9 +108,14 @@ def test_sizes_are_the_releases() -> None:
     giant = adapter.size("g")
     assert (giant.embed_dim, giant.depth, giant.num_heads, giant.patch_size) == (1536, 40, 24, 14)
     assert adapter.size("vit_l").patch_size == 14
-    # ViT-L's protocol defaults come with the size, whichever adapter declares it.
-    assert adapter.protocol_defaults("fine_tune", "L")["layers"] == [7, 11, 15, 23]
-    assert adapter.protocol_defaults("linear_probe", "g") == {"layers": [12, 19, 26, 39]}
+    # The blocks read follow the depth, whichever adapter declares the size: ViT-L's are
+    # the released ViT-L configs' out_indices; ViT-g's 40 blocks at the same fractions.
+    from bench.protocols.config import resolve_settings
+
+    large = resolve_settings("fine_tune", "soda", "dinov2", "L")
+    assert (large.layers, large.drop_path) == ([7, 11, 15, 23], 0.2)
+    assert resolve_settings("linear_probe", "soda", "dinov2", "g").layers == [12, 19, 26, 39]
+    assert resolve_settings("linear_probe", "soda", "dinov2", "S").layers == [3, 5, 7, 11]
     with pytest.raises(AdapterError, match="unknown ViT size 'T' for adapter 'dinov2'"):
         adapter.size("T")
 
