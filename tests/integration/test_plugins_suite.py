@@ -200,6 +200,9 @@ def test_table_has_a_knn_and_an_lp_group_for_both_models(suite_run) -> None:
             assert re.fullmatch(r"\d+\.\d", cell), (label, title, cell)
             assert float(cell) == pytest.approx(runs[adapter, protocol].metrics["mIoU"],
                                                 abs=0.051)
+        # GFLOPs: the first declared protocol with a count (LP), backbone + 1x1 head.
+        gflops = rows[label][header.index("GFLOPs")]
+        assert float(gflops) == round(runs[adapter, "linear_probe"].flops.total_gmacs, 2)
     assert "protocol versions: LP 2.0; kNN 1.0" in out
 
 
