@@ -84,6 +84,10 @@ class Protocol:
     result_fields: tuple[str, ...] = field(default=())
     # Where its columns and figures come among the protocols (lower first, then by name).
     order: int = 100
+    # The settings field naming the backbone blocks a run reads (a list of zero-based
+    # blocks, one block, or "all"): suite checks refuse blocks a model lacks before any
+    # run starts. None: the protocol reads no block a suite can set.
+    blocks_setting: str | None = "layers"
 
     @property
     def primary(self) -> Metric:

@@ -122,10 +122,15 @@ def _model_depth(suite: Suite, mi: int) -> int | None:
 def _block_problems(
     suite: Suite, mi: int, protocol: str, layers: list[tuple[tuple, dict]], settings: Any
 ) -> list[SuiteProblem]:
-    """Blocks read (``layers``) that the model does not have: every run would fail."""
-    blocks = getattr(settings, "layers", "all")
+    """Blocks read (the protocol's ``blocks_setting``) that the model does not have: every
+    run would fail."""
+    from bench.protocols.registry import get_protocol
+
+    key = get_protocol(protocol).blocks_setting
+    blocks = getattr(settings, key, "all") if key else "all"
     if blocks == "all" or getattr(settings, "neck", "multilevel") != "multilevel":
         return []  # LL-FPN and plug-in necks choose their own blocks
+    blocks = [blocks] if isinstance(blocks, int) else list(blocks)
     depth = _model_depth(suite, mi)
     bad = [i for i in blocks if depth is not None and not -depth <= i < depth]
     if not bad:
@@ -135,12 +140,12 @@ def _block_problems(
         ("options", "depth") if m.options.get("depth") is not None else ("size",)
     )
     for path, values in layers:
-        if "layers" in (values or {}):
-            where = path + ("layers",)
+        if key in (values or {}):
+            where = path + (key,)
     return [suite.problem(
         where,
-        f"blocks {bad} of {list(blocks)} are out of range for models[{mi}] "
-        f"({m.label}-{m.size}: {depth} blocks, zero-based); set {protocol}.layers "
+        f"blocks {bad} of {blocks} are out of range for models[{mi}] "
+        f"({m.label}-{m.size}: {depth} blocks, zero-based); set {protocol}.{key} "
         f"to blocks below {depth}",
     )]
 

@@ -30,4 +30,5 @@ PROTOCOL = Protocol(
     aliases=("knn", "knn-probe"),
     metrics=(MIOU, Metric("aAcc", "pixel acc. (%)"), Metric("mAcc", "mAcc (%)")),
     result_fields=("layer", "bank", "retrieval_gmacs_per_crop"),
+    blocks_setting="layer",  # one block; the inherited `layers` is unused
 )
