@@ -298,7 +298,9 @@ class Backbone(nn.Module):
                 tokens = args[0] if args else kwargs["x"]
                 rest = {k: v for k, v in kwargs.items() if k != "x"}
                 got[i] = fn(module, tokens, rest)
-                if i == last:
+                # Under a JIT trace (FLOP counting) an exception aborts the tracer: there
+                # the forward ends with ``stop_early`` after the last wanted block instead.
+                if i == last and not torch.jit.is_tracing():
                     raise _AttentionCaptured
 
             return hook

@@ -2,7 +2,7 @@
 
 Each check builds its model with the project's own builders (the fine-tuning segmentor of
 ``bench.protocols.finetune``, its AdamW groups and schedule; the NMI-HAD teacher, student
-and ``Distiller`` step of ``unip``), runs warm-up steps, times the rest and reports step
+and distillation step of ``unip``), runs warm-up steps, times the rest and reports step
 time, achieved TFLOP/s, model FLOPs utilisation (MFU) and peak memory. Model FLOPs come
 from our counter (:func:`bench.backbones.flops.count_macs`, multiply-adds x 2); a training step is
 counted as 3 forward passes (forward + backward, the usual convention), a frozen teacher
@@ -372,7 +372,7 @@ class Runner:
         from bench.backbones.adapter import load_backbone
         from bench.protocols.optim import build_adamw
         from bench.protocols.schedules import warmup_cosine
-        from unip.distill import Distiller, distill_param_groups
+        from unip.distill import attention_kl, distill_param_groups
         from unip.distill_config import OptimConfig
         from unip.student import LastBlockLogits, build_student
         from unip.teacher import AttentionTeacher
@@ -399,10 +399,18 @@ class Runner:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, 1))
         model, optimizer = acc.prepare(student, optimizer)
         model.train()
-        distiller = Distiller(teacher, model, optimizer, scheduler, acc)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(cfg.distill_batch, *shape, generator=g).to(acc.device)
-        timing = time_steps(lambda: distiller.step([x]), cfg.warmup, cfg.steps, self.dev)
+
+        def step() -> None:  # the engine's distillation step: frozen teacher, KL, AdamW
+            with acc.autocast():
+                loss = attention_kl(model(x), teacher(x))
+            acc.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        timing = time_steps(step, cfg.warmup, cfg.steps, self.dev)
         row.notes.update(teacher=f"{cfg.teacher_adapter}-{cfg.teacher_size} layer "
                          f"{cfg.teacher_layer}", student=cfg.student_size,
                          img=cfg.distill_img, batch=cfg.distill_batch,

@@ -62,8 +62,8 @@ def test_registries_datasets_layouts_adapters_and_protocols_use_it() -> None:
     with pytest.raises(ValueError) as info:
         canonical_protocol("fine tunning")
     assert str(info.value) == (
-        "unknown protocol 'fine tunning'; known: fine_tune, linear_probe, layerwise_probe. "
-        "Did you mean 'finetune' or 'fine_tune'?"
+        "unknown protocol 'fine tunning'; known: fine_tune, knn_probe, layerwise_probe, "
+        "linear_probe. Did you mean 'finetune' or 'fine_tune'?"
     )
 
 
