@@ -29,8 +29,16 @@ from torch import nn
 
 from bench.gpu.peaks import match_peak, mfu
 
-CHECKS = ("finetune_bf16", "finetune_fp16_scaler", "ddp_syncbn_bf16", "distill_bf16",
-          "finetune_bf16_compile")
+# The harness's own checks; methods add theirs (UNIP: the distillation step) through the
+# entry-point group ``unipbench.gpu_checks``: ``check(runner, row) -> row``.
+CHECKS = ("finetune_bf16", "finetune_fp16_scaler", "ddp_syncbn_bf16", "finetune_bf16_compile")
+
+
+def all_checks() -> tuple[str, ...]:
+    """The built-in checks, then every registered plug-in check."""
+    from bench.registry import GPU_CHECKS
+
+    return (*CHECKS, *(n for n in GPU_CHECKS.names() if n not in CHECKS))
 NO_CUDA = "skipped: no CUDA"
 
 
@@ -56,14 +64,15 @@ class CheckSettings:
     # UPerNet; None keeps the protocol's model.
     depth: int | None = None
     head_channels: int | None = None
-    checks: tuple[str, ...] = CHECKS
+    checks: tuple[str, ...] = field(default_factory=all_checks)
     device: str = "cuda"
     peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.checks if c not in CHECKS]
+        known = all_checks()
+        unknown = [c for c in self.checks if c not in known]
         if unknown:
-            raise ValueError(f"unknown check(s) {', '.join(unknown)}; use {', '.join(CHECKS)}")
+            raise ValueError(f"unknown check(s) {', '.join(unknown)}; use {', '.join(known)}")
         for name in ("crop", "batch", "steps", "distill_img", "distill_batch", "teacher_layer",
                      "depth", "head_channels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -233,7 +242,7 @@ def _train_step(model: nn.Module, optimizer: Any, scheduler: Any, img: torch.Ten
     return step
 
 
-def _finish(row: Row, timing: dict, flops: float, peak: float | None) -> Row:
+def finish(row: Row, timing: dict, flops: float, peak: float | None) -> Row:
     row.step_ms = timing["median_ms"]
     row.flops_per_step = flops
     row.tflops = flops / (timing["median_ms"] / 1e3) / 1e12
@@ -291,7 +300,7 @@ class Runner:
         if compiled:
             row.notes["compile_s"] = round(timing["first_s"] - timing["median_ms"] / 1e3, 3)
             row.notes["backend"] = cfg.compile_backend
-        return _finish(row, timing, flops, self.peak)
+        return finish(row, timing, flops, self.peak)
 
     def _time_scaled(self, step: Callable, scaler: Any, row: Row) -> dict:
         """Time the GradScaler step and count skipped optimiser steps after warm-up: a
@@ -361,61 +370,9 @@ class Runner:
                 step = _train_step(ddp, optimizer, scheduler, img, label, torch.bfloat16)
                 timing = time_steps(step, cfg.warmup, cfg.steps, self.dev)
                 row.notes["backend"] = dist.get_backend()
-                return _finish(row, timing, flops, self.peak)
+                return finish(row, timing, flops, self.peak)
             finally:
                 dist.destroy_process_group()
-
-    def distill_bf16(self, row: Row) -> Row:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-
-        from bench.backbones.adapter import load_backbone
-        from bench.protocols.optim import build_adamw
-        from bench.protocols.schedules import warmup_cosine
-        from unip.distill import attention_kl, distill_param_groups
-        from unip.distill_config import OptimConfig
-        from unip.student import LastBlockLogits, build_student
-        from unip.teacher import AttentionTeacher
-
-        cfg = self.cfg
-        # Accelerate keeps one process-wide state; a fresh one per check, as runs do.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        acc = Accelerator(cpu=not self.cuda, mixed_precision="bf16")
-        teacher_bb = load_backbone(cfg.teacher_adapter, cfg.teacher_size, None,
-                                   img_size=cfg.distill_img)
-        teacher = AttentionTeacher(teacher_bb, cfg.teacher_layer).to(acc.device)
-        student = LastBlockLogits(build_student(cfg.student_size, teacher.heads, cfg.distill_img,
-                                                depth=cfg.depth))
-        shape = (3, cfg.distill_img, cfg.distill_img)
-        macs_t = forward_macs(teacher, shape, acc.device)
-        student.to(acc.device)
-        macs_s = forward_macs(student, shape, acc.device)
-        flops = (2 * macs_t + 3 * 2 * macs_s) * cfg.distill_batch
-        o = OptimConfig()  # the paper's recipe: AdamW betas, weight decay
-        lr = o.effective_lr
-        optimizer = build_adamw(distill_param_groups(student.named_parameters(), lr,
-                                                     o.weight_decay), lr, betas=o.betas)
-        total = cfg.warmup + cfg.steps + 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, 1))
-        model, optimizer = acc.prepare(student, optimizer)
-        model.train()
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(cfg.distill_batch, *shape, generator=g).to(acc.device)
-
-        def step() -> None:  # the engine's distillation step: frozen teacher, KL, AdamW
-            with acc.autocast():
-                loss = attention_kl(model(x), teacher(x))
-            acc.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        timing = time_steps(step, cfg.warmup, cfg.steps, self.dev)
-        row.notes.update(teacher=f"{cfg.teacher_adapter}-{cfg.teacher_size} layer "
-                         f"{cfg.teacher_layer}", student=cfg.student_size,
-                         img=cfg.distill_img, batch=cfg.distill_batch,
-                         teacher_macs=macs_t, student_macs=macs_s)
-        return _finish(row, timing, flops, self.peak)
 
     # -------------------------------------------------------------- driver
     def run_one(self, name: str) -> Row:
@@ -423,7 +380,12 @@ class Runner:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.dev)
         try:
-            getattr(self, name)(row)
+            if name in CHECKS:
+                getattr(self, name)(row)
+            else:
+                from bench.registry import GPU_CHECKS
+
+                GPU_CHECKS.get(name)(self, row)
         except Exception as exc:  # one broken check must not hide the others
             first = (str(exc).strip().splitlines() or [""])[0]
             row.status = f"error: {type(exc).__name__}: {first}"[:300]

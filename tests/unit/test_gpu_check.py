@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.gpu.check import CHECKS, NO_CUDA, CheckSettings, Row, Runner, quick_settings
+from bench.gpu.check import CHECKS, NO_CUDA, CheckSettings, Row, Runner, all_checks, quick_settings
 from bench.gpu.peaks import match_peak, mfu
 from bench.gpu.report import goal_verdict, run_checks
 
@@ -75,13 +75,19 @@ def test_goal_is_judged_on_hopper_only(name: str, value: float, met: bool | None
     assert ("not judged" in verdict["verdict"]) is (met is None)
 
 
-def test_a_failing_check_leaves_the_others_running(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_check_leaves_the_others_running() -> None:
     def broken(self: Runner, row: Row) -> Row:
         raise RuntimeError("out of memory\nsecond line")
 
-    monkeypatch.setattr(Runner, "distill_bf16", broken)
-    cfg = quick_settings(checks=("distill_bf16", "finetune_fp16_scaler", "ddp_syncbn_bf16"))
-    rows = Runner(cfg).run()
+    from bench.registry import GPU_CHECKS
+
+    # A plug-in check (the entry-point group) that fails, then the built-in ones.
+    GPU_CHECKS.register("broken_plugin", broken)
+    try:
+        cfg = quick_settings(checks=("broken_plugin", "finetune_fp16_scaler", "ddp_syncbn_bf16"))
+        rows = Runner(cfg).run()
+    finally:
+        GPU_CHECKS.unregister("broken_plugin")
     assert [r.status for r in rows] == ["error: RuntimeError: out of memory", NO_CUDA, NO_CUDA]
 
 
@@ -97,7 +103,7 @@ def test_quick_cpu_run_of_every_check(tmp_path, capsys) -> None:
     assert run(args) == 0
     report = json.loads(out.read_text())
     rows = {r["check"]: r for r in report["rows"]}
-    assert list(rows) == list(CHECKS)
+    assert list(rows) == list(all_checks()) == [*CHECKS, "distill_bf16"]
     assert rows["finetune_fp16_scaler"]["status"] == NO_CUDA
     assert rows["ddp_syncbn_bf16"]["status"] == NO_CUDA
     for name in ("finetune_bf16", "distill_bf16", "finetune_bf16_compile"):
