@@ -18,7 +18,7 @@ Multiply-adds come from our counter (:func:`bench.backbones.flops.count_macs`); 
 protocol is named here. Hours = FLOPs / (assumed MFU x peak).
 
 Not counted: training-only parts the evaluated model leaves out (fine-tuning's auxiliary
-FCN head, 0.2-1.2 % of its training forward from ViT-L to ViT-T) and work outside the
+FCN head, 0.2-1.0 % of its training forward from ViT-L to ViT-T) and work outside the
 model (a k-NN probe's search of its memory bank, whose size comes from the data).
 
 ``python -m bench.gpu.estimate SUITE.yaml ...`` prints the table of suites/paper/README.md.
