@@ -1,15 +1,27 @@
 """GPU-hours of a suite, estimated from counted FLOPs, the schedules and an assumed throughput.
 
-Per run: training FLOPs = 2 x iters x batch x (F + (1 + b) x T), where F is the forward
-multiply-adds per image of the frozen part (no gradient), T those of the trained part and
-b the backward's cost in forward passes (2 when gradients flow to the inputs and weights
-of every layer, fine-tuning's whole segmentor; 1 for a linear head on frozen features,
-which needs its weight gradient only). Evaluation FLOPs = 2 x evaluations x images x
-sliding windows x E, E the forward multiply-adds of the evaluated model per window.
-Multiply-adds come from our counter (:func:`bench.backbones.flops.count_macs`) on the models the
-protocols build, at the settings' crop size. Hours = FLOPs / (assumed MFU x peak).
+Each run's cost follows from its protocol's declaration (:class:`bench.protocols.registry.
+Protocol`) and the model it declares it evaluates (``evaluated_model``): E, the forward
+multiply-adds of that model per image at the settings' crop size, B those of the backbone
+alone (:func:`bench.backbones.flops.backbone_flops`) and H = E - B the rest (heads, neck).
+Training FLOPs = 2 x iters x batch x (F + (1 + b) x T), F the multiply-adds of the frozen
+part (forward only), T those of the trained part and b the backward's cost in forward
+passes:
 
-``python -m bench.gpu.estimate suites/paper/*.yaml`` prints the table of suites/paper/README.md.
+- ``trains_backbone`` (fine-tuning): F = 0, T = E, b = 2 (gradients to the inputs and
+  weights of every layer);
+- a frozen backbone (probes): F = B, T = H, b = 1 (weight gradients of the heads only);
+- ``training_free`` (k-NN): one forward of the training split, F = E per view, no steps.
+
+Evaluation FLOPs = 2 x evaluations x images x views x E (views: sliding windows).
+Multiply-adds come from our counter (:func:`bench.backbones.flops.count_macs`); no
+protocol is named here. Hours = FLOPs / (assumed MFU x peak).
+
+Not counted: training-only parts the evaluated model leaves out (fine-tuning's auxiliary
+FCN head, 0.2-1.0 % of its training forward from ViT-L to ViT-T) and work outside the
+model (a k-NN probe's search of its memory bank, whose size comes from the data).
+
+``python -m bench.gpu.estimate SUITE.yaml ...`` prints the table of suites/paper/README.md.
 """
 
 from __future__ import annotations
@@ -21,13 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.protocols.registry import Protocol, get_protocol
+
 # Assumed sustained throughput: 40 % MFU of an H100 SXM's dense bf16 peak (bench.gpu.peaks).
 ASSUMED_PEAK_TFLOPS = 989.5
 ASSUMED_MFU = 0.40
 # Evaluation frames: 4:3 landscape (SODA, MFNet, SCUT-Seg, NYUv2; most of ADE20K and
 # SUN RGB-D), resized so the short side is the test scale's short side.
 FRAME_ASPECT = 4 / 3
-SWEEP_LRS = 4  # the linear probe's lr sweep compared in the table (LinearProbeSettings)
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,8 @@ class Cost:
 
 
 def training_flops(cost: Cost, iters: int, batch: int) -> float:
+    """FLOPs of ``iters`` steps of ``batch`` images (a training-free run's one pass: 1 step
+    of every view of its training split)."""
     return 2.0 * iters * batch * (cost.frozen + (1 + cost.backward) * cost.trained)
 
 
@@ -76,60 +91,70 @@ def gpu_hours(flops: float, peak_tflops: float = ASSUMED_PEAK_TFLOPS,
 
 
 # ------------------------------------------------------------------ counting our models
+@dataclass(frozen=True)
+class ModelCount:
+    """Forward multiply-adds per image of a run's evaluated model and of its backbone."""
+
+    evaluated: int  # E: the protocol's evaluated_model
+    backbone: int  # B: the backbone alone, as the evaluated model leaves it
+
+    @property
+    def head(self) -> int:
+        """H = E - B: what the evaluated model adds to the backbone (0 when it runs less
+        of the backbone than the whole, e.g. a probe of early blocks only). B ends with the
+        backbone's final LayerNorm, which probes of block outputs do not run, so H is that
+        norm short of their heads (under 0.01 % of E at 512 pixels)."""
+        return max(self.evaluated - self.backbone, 0)
+
+
+def model_settings(s: Any) -> tuple:
+    """The settings that can change a protocol's model: the crop and the protocol's own
+    fields (the shared data, optimiser and schedule fields cannot)."""
+    from bench.protocols.config import ProtocolSettings
+
+    shared = set(ProtocolSettings.model_fields) - {"crop_size"}
+    return tuple((k, repr(v)) for k, v in sorted(s.model_dump().items()) if k not in shared)
+
+
 class MacCounter:
-    """Forward multiply-adds of the protocols' models, counted once per geometry.
+    """Forward multiply-adds of the protocols' evaluated models, counted once per geometry.
 
     Every method of a size shares the ViT's geometry (width, depth, heads, patch), so a
-    count is kept per (size, protocol, neck, head, crop, blocks read) and reused by the
+    count is kept per (protocol, size, adapter options, model settings) and reused by the
     other methods of that size and the other datasets: the classes only change the last
     1x1 convolutions (under 0.1 % of a ViT-T fine-tuning model at 9 or 21 classes), so the
     first dataset's count stands for all.
     """
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, dict[str, Any]] = {}
+        self._cache: dict[tuple, ModelCount] = {}
 
-    def counts(self, protocol: str, adapter: str, size: str, s: Any, num_classes: int,
-               options: dict | None = None) -> dict:
-        layers = s.layers if isinstance(s.layers, str) else tuple(s.layers)
-        key = (protocol, size, getattr(s, "neck", None), s.crop_size, layers,
-               getattr(s, "head", None), repr(sorted((options or {}).items())))
+    def counts(self, protocol: Protocol, adapter: str, size: str, s: Any, num_classes: int,
+               options: dict | None = None) -> ModelCount:
+        key = (protocol.name, size, repr(sorted((options or {}).items())), model_settings(s))
         if key not in self._cache:
             self._cache[key] = self._count(protocol, adapter, size, s, num_classes, options)
         return self._cache[key]
 
-    def _count(self, protocol: str, adapter: str, size: str, s: Any, num_classes: int,
-               options: dict | None = None) -> dict:
+    @staticmethod
+    def _count(protocol: Protocol, adapter: str, size: str, s: Any, num_classes: int,
+               options: dict | None = None) -> ModelCount:
         import torch
 
         from bench.backbones.adapter import downstream_options, load_backbone
-        from bench.backbones.flops import count_macs
-        from bench.models.probe import build_probe
+        from bench.backbones.flops import backbone_flops, count_macs
 
-        x = (torch.zeros(1, 3, s.crop_size, s.crop_size),)
+        build = protocol.model_fn()
+        if build is None:
+            raise ValueError(f"protocol {protocol.name!r} declares no evaluated_model, so "
+                             "its GPU-hours cannot be estimated")
         backbone = load_backbone(adapter, size, None, img_size=s.crop_size,
                                  **downstream_options(adapter, options))
-        if protocol == "fine_tune":
-            from bench.gpu.check import TrainForward
-            from bench.protocols.finetune import build_model
-
-            model = build_model(backbone, num_classes, s)
-            train = count_macs(TrainForward(model), x).total  # with the auxiliary head
-            return {"train": train, "eval": count_macs(model, x).total}
-        if protocol == "linear_probe":
-            layers = list(s.layers)
-            probe = build_probe(backbone, layers, [list(range(len(layers)))], num_classes,
-                                head=s.head)
-            features = count_macs(probe.features, x).total
-            return {"features": features, "head": count_macs(probe, x).total - features}
-        from bench.protocols.layerwise import probed_layers
-
-        layers = probed_layers(s, backbone.depth)  # one head per block, one forward
-        probe = build_probe(backbone, layers, [[k] for k in range(len(layers))], num_classes,
-                            head=s.head)
-        features = count_macs(probe.features, x).total
-        return {"features": features, "head": count_macs(probe, x).total - features,
-                "heads": len(layers)}
+        model = build(s, backbone, num_classes)
+        evaluated = count_macs(model, (torch.zeros(1, 3, s.crop_size, s.crop_size),)).total
+        # After the model is built: it may change the backbone in place (LayerScale).
+        bb, _ = backbone_flops(backbone, s.crop_size)
+        return ModelCount(evaluated=evaluated, backbone=bb.total)
 
 
 @dataclass
@@ -148,24 +173,42 @@ class SuiteEstimate:
         return self.train_h + self.eval_h
 
 
-def run_costs(protocol: str, macs: dict) -> dict[str, Cost]:
-    """The Costs of a run as the suite runs it ('as written') and of its alternatives."""
-    if protocol == "fine_tune":
-        return {"as written": Cost(0, macs["train"], 2, macs["eval"])}
-    if protocol == "linear_probe":
-        f, h = macs["features"], macs["head"]
-        return {
-            "as written": Cost(f, h, 1, f + h),
-            # SWEEP_LRS heads on one backbone forward per batch (cached or shared)
-            "lr sweep, shared": Cost(f, SWEEP_LRS * h, 1, f + SWEEP_LRS * h),
-        }
-    f, h = macs["features"], macs["head"]  # h: every block's head together
-    return {"as written": Cost(f, h, 1, f + h)}
+def run_costs(protocol: Protocol | str, count: ModelCount, sweep: int = 0) -> dict[str, Cost]:
+    """The Costs of a run as the suite runs it ('as written') and, for ``sweep`` > 1
+    learning rates of a frozen-backbone protocol, of its heads trained together on one
+    backbone forward per batch ('lr sweep, shared')."""
+    p = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    e, b, h = count.evaluated, count.backbone, count.head
+    if p.training_free:  # one forward pass per view read, nothing trained
+        return {"as written": Cost(e, 0, 0, e)}
+    if p.trains_backbone:
+        return {"as written": Cost(0, e, 2, e)}
+    costs = {"as written": Cost(b, h, 1, e)}
+    if sweep > 1:
+        costs["lr sweep, shared"] = Cost(b, sweep * h, 1, b + sweep * h)
+    return costs
+
+
+def split_images(info: Any, split: str) -> int:
+    """Published image count of ``split`` of the dataset ``info`` describes."""
+    if split not in info.published_counts:
+        raise ValueError(f"dataset {info.name}: no published image count for split "
+                         f"{split!r} (known: {', '.join(info.published_counts) or 'none'})")
+    return info.published_counts[split]
+
+
+def sweep_lrs(s: Any) -> int:
+    """Learning rates an lr sweep of these settings would train (0: settings without
+    ``sweep_lrs``)."""
+    return len(getattr(s, "sweep_lrs", None) or ())
 
 
 def estimate_suite(path: str, counter: MacCounter | None = None) -> SuiteEstimate:
     """Count the runs of the suite at ``path`` (models x datasets x protocols x seeds) and
-    estimate their GPU-hours with training and evaluation split."""
+    estimate their GPU-hours with training and evaluation split.
+
+    The lr-sweep alternatives are added for every frozen-backbone protocol whose settings
+    have ``sweep_lrs``, as if the suite trained one lr per run."""
     from bench.data import get_dataset_info
     from bench.suites.checks import resolved_settings
     from bench.suites.load import load_suite
@@ -175,36 +218,40 @@ def estimate_suite(path: str, counter: MacCounter | None = None) -> SuiteEstimat
     spec = suite.spec
     est = SuiteEstimate(name=spec.suite, runs=0)
     alt: dict[str, float] = {}
+    n = len(spec.seeds)
     for mi, m in enumerate(spec.models):
         for di, d in enumerate(spec.datasets):
             info = get_dataset_info(d.name)
-            images = info.published_counts[info.default_eval_split]
-            for protocol in spec.protocols:
-                s = resolved_settings(suite, mi, di, protocol)
-                macs = counter.counts(protocol, m.adapter, m.size, s, info.num_classes,
-                                      m.options)
-                costs = run_costs(protocol, macs)
-                evals = evaluations(s.iters, s.eval_interval)
+            for name in spec.protocols:
+                p = get_protocol(name)
+                s = resolved_settings(suite, mi, di, name)
+                images = split_images(info, s.eval_split or info.default_eval_split)
+                lrs = sweep_lrs(s)
+                costs = run_costs(p, counter.counts(p, m.adapter, m.size, s, info.num_classes,
+                                                    m.options), lrs)
                 windows = windows_per_image(s)
+                if p.training_free:  # one pass over the training split's views, one evaluation
+                    steps, per_step = 1, windows * split_images(info, s.train_split
+                                                                or info.train_split)
+                    evals = 1
+                else:
+                    steps, per_step = s.iters, s.batch_size
+                    evals = evaluations(s.iters, s.eval_interval)
 
                 def hours(c: Cost) -> tuple[float, float]:
-                    return (gpu_hours(training_flops(c, s.iters, s.batch_size)),  # noqa: B023
+                    return (gpu_hours(training_flops(c, steps, per_step)),  # noqa: B023
                             gpu_hours(evaluation_flops(c, evals, images, windows)))  # noqa: B023
 
-                n = len(spec.seeds)
                 train, ev = hours(costs["as written"])
                 est.runs += n
                 est.train_h += n * train
                 est.eval_h += n * ev
                 est.longest_run_h = max(est.longest_run_h, train + ev)
-                if protocol == "linear_probe":
-                    shared = sum(hours(costs["lr sweep, shared"]))
-                    alt[f"{SWEEP_LRS}-lr sweep, one run per lr"] = (
-                        alt.get(f"{SWEEP_LRS}-lr sweep, one run per lr", 0.0)
-                        + n * SWEEP_LRS * (train + ev))
-                    alt[f"{SWEEP_LRS}-lr sweep, {SWEEP_LRS} heads on one forward"] = (
-                        alt.get(f"{SWEEP_LRS}-lr sweep, {SWEEP_LRS} heads on one forward", 0.0)
-                        + n * shared)
+                if "lr sweep, shared" in costs:
+                    apart = f"{lrs}-lr sweep, one run per lr"
+                    shared = f"{lrs}-lr sweep, {lrs} heads on one forward"
+                    alt[apart] = alt.get(apart, 0.0) + n * lrs * (train + ev)
+                    alt[shared] = alt.get(shared, 0.0) + n * sum(hours(costs["lr sweep, shared"]))
     est.alternatives = alt
     return est
 

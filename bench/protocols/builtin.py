@@ -64,6 +64,7 @@ LINEAR_PROBE = Protocol(
     aliases=("linearprobe", "lp", "linear-probe"),
     geometry_defaults=linear_probe_geometry,
     reference_key="linear_probing",
+    trains_backbone=False,
     result_fields=("lr_sweep",),
     order=1,
 )
@@ -79,6 +80,7 @@ LAYERWISE_PROBE = Protocol(
     description="Frozen backbone; one 1x1 conv head per block, all trained in one pass.",
     aliases=("layerwise", "lw"),
     per_layer=True,
+    trains_backbone=False,
     result_fields=("per_layer",),
     order=2,
 )

@@ -80,6 +80,15 @@ class Protocol:
     # from the backbone's declared geometry (which blocks to read for a depth), applied
     # over the dataset's defaults and under the adapter's and the user's.
     geometry_defaults: Callable[..., dict[str, Any]] | str | None = None
+    # What a training step costs, for GPU-hour estimates (bench.gpu.estimate). True: the
+    # step runs backward through the whole evaluated model, backbone included
+    # (fine-tuning). False: the backbone runs forward only, frozen, and only the rest of
+    # the evaluated model (its heads) is trained, forward and weight gradients (probes).
+    trains_backbone: bool = True
+    # Nothing is trained: the run reads the training split once through the evaluated
+    # model, in the evaluation's views, to build what it predicts from (a k-NN memory
+    # bank), then evaluates once. No iterations; ``trains_backbone`` does not apply.
+    training_free: bool = False
     # Extra result fields this protocol adds (documentation for the store and docs).
     result_fields: tuple[str, ...] = field(default=())
     # Where its columns and figures come among the protocols (lower first, then by name).

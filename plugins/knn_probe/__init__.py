@@ -29,6 +29,9 @@ PROTOCOL = Protocol(
     "labelled training patches (cosine, softmax temperature).",
     aliases=("knn", "knn-probe"),
     metrics=(MIOU, Metric("aAcc", "pixel acc. (%)"), Metric("mAcc", "mAcc (%)")),
+    # One pass of the training split's views through the frozen backbone fills the bank.
+    trains_backbone=False,
+    training_free=True,
     result_fields=("layer", "bank", "retrieval_gmacs_per_crop"),
     blocks_setting="layer",  # one block; the inherited `layers` is unused
 )
