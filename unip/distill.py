@@ -25,7 +25,7 @@ from bench.backbones.adapter import get_adapter, load_backbone
 from bench.backbones.backbone import INFRARED_MEAN, INFRARED_STD, Backbone
 from bench.protocols.engine import LoopSettings, StepEnd, TrainingEngine
 from bench.protocols.optim import build_adamw
-from bench.protocols.runtime import compile_model, make_accelerator, resolve_compile
+from bench.protocols.runtime import make_accelerator, resolve_compile
 from bench.protocols.schedules import warmup_cosine
 from bench.protocols.state import atomic_save
 from bench.trackers import finish_trackers, start_trackers
@@ -291,7 +291,9 @@ def distill(
     log = LossLogFile(out / LOG_NAME, steps_per_epoch, write=acc.is_main_process)
     if state is not None:
         log.trim(int(state["step"]))
-    target_fn = compile_model(teacher) if use_compile else teacher
+    # The teacher stays eager: its attention is read by hooks on the attention modules,
+    # which torch.compile does not trace; it runs forward only, the student is compiled.
+    target_fn = teacher
 
     def step(student_model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = x.to(acc.device, non_blocking=True)
