@@ -149,9 +149,7 @@ def test_compiled_model_keeps_static_shapes_for_a_second_batch_size(
 
     def symbolic(value: object) -> bool:
         shape = value.shape if isinstance(value, torch.Tensor) else ()
-        return isinstance(value, torch.SymInt) or any(
-            isinstance(d, torch.SymInt) for d in shape
-        )
+        return isinstance(value, torch.SymInt) or any(isinstance(d, torch.SymInt) for d in shape)
 
     for gm in graphs:
         inputs = [n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"]
