@@ -74,13 +74,24 @@ def compile_model(model: nn.Module) -> nn.Module:
     """``torch.compile(model)``: a wrapper sharing ``model``'s parameters. Save and load
     state through ``model`` itself, never the wrapper (whose keys gain ``_orig_mod.``).
 
+    The model's forward returns the loss, so the compiled graph is the whole training
+    step's forward and loss, and AOTAutograd compiles its backward with it; the optimiser
+    step stays eager (under a per-step Python-float lr it would recompile, and it is a few
+    per cent of a step).
+
     Random ops (dropout, drop path) run as in eager mode, drawing from the same global
     generator, so a compiled run follows the eager run's curve to float tolerance and its
     RNG states in a checkpoint mean the same thing; inductor's own generator would not.
+
+    Shapes are static (``dynamic=False``): a training run keeps one batch shape, and a
+    second shape (another batch size in the same process) gets its own static graph, not
+    dynamo's automatic switch to symbolic shapes, whose kernels are slower on every step.
     """
     if COMPILE_BACKEND == "inductor":
-        return torch.compile(model, backend="inductor", options={"fallback_random": True})
-    return torch.compile(model, backend=COMPILE_BACKEND)
+        return torch.compile(
+            model, backend="inductor", dynamic=False, options={"fallback_random": True}
+        )
+    return torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
 
 
 def make_accelerator(mixed_precision: str, log_dir: str | Path | None = None) -> Accelerator:

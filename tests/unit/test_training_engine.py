@@ -126,6 +126,36 @@ def test_compiled_training_follows_eager_saves_plain_state_and_resumes(
         assert torch.equal(a, b), name
 
 
+@needs_compile
+def test_compiled_model_keeps_static_shapes_for_a_second_batch_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second batch shape gets a graph of its own with fixed sizes: dynamo's default
+    would retrace it with a symbolic batch size, slower on every later step."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
+        graphs.append(gm)
+        return gm
+
+    monkeypatch.setattr(runtime, "COMPILE_BACKEND", record)
+    torch._dynamo.reset()
+    model = nn.Linear(4, 3)
+    compiled = runtime.compile_model(model)
+    for rows in (2, 3, 3):
+        x = torch.randn(rows, 4)
+        torch.testing.assert_close(compiled(x), model(x))
+    assert len(graphs) == 2  # one per shape; the repeated shape reuses its graph
+
+    def symbolic(value: object) -> bool:
+        shape = value.shape if isinstance(value, torch.Tensor) else ()
+        return isinstance(value, torch.SymInt) or any(isinstance(d, torch.SymInt) for d in shape)
+
+    for gm in graphs:
+        inputs = [n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"]
+        assert not any(symbolic(v) for v in inputs), gm.graph
+
+
 def test_compile_choice_auto_means_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_compile("off", cuda=True) is False
     assert resolve_compile("auto", cuda=False) is False
