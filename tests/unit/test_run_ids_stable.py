@@ -3,6 +3,8 @@ their own versions: a store of finished runs stays reused.
 
 tests/golden/store/schema1-tiny.jsonl was written by that code for the suite below
 (synthetic data from a fixed seed): expanding the same suite now must give the same ids.
+The suite text is a frozen copy of the runner tests' tiny suite of that day: that one may
+change, the golden store may not.
 """
 
 from __future__ import annotations
