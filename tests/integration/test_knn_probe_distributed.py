@@ -9,8 +9,6 @@ of such a run.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,23 +19,14 @@ SETTINGS = {"crop_size": 128, "scale": [171, 128], "slide_crop": 128, "slide_str
             "num_workers": 0, "memory_size": 480}  # 30 patches per image: sampling too
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _launch(workdir: Path, root: Path, world: int) -> dict:
-    port = _free_port()
+    from local_launch import free_port, rank_env  # tests/: on the path under pytest only
+
+    port = free_port()
     procs = []
     for rank in range(world):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-            env.pop(k, None)
-        if world > 1:  # what `accelerate launch` / torchrun set for each process
-            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port))
+        env = rank_env(rank, world, port)
         procs.append(subprocess.Popen([sys.executable, __file__, str(workdir), str(root)],
                                       env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT))

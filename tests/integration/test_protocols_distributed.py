@@ -4,13 +4,12 @@ batch: DDP gradients, synced BN, rank-sharded data and summed metrics must agree
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from local_launch import free_port, rank_env
 from protocol_job import TINY_FT, make_soda
 
 JOB = Path(__file__).with_name("protocol_job.py")
@@ -22,24 +21,13 @@ SETTINGS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _launch(workdir: Path, root: Path, world: int) -> None:
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, str(JOB), "fine_tune", str(workdir), str(root), json.dumps(SETTINGS)]
     procs = []
     for rank in range(world):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-            env.pop(k, None)
-        if world > 1:  # what `accelerate launch` / torchrun set for each process
-            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port))
+        env = rank_env(rank, world, port)
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT))
     for p in procs:

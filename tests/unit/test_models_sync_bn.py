@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from local_launch import free_port
 from torch import nn
 
 from bench.models.layers import GlooSyncBatchNorm2d, convert_sync_norm, cross_entropy
@@ -53,11 +52,6 @@ def _worker(rank: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_whole_batch():
@@ -67,7 +61,7 @@ def test_two_ranks_equal_one_process_on_the_whole_batch():
 
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(free_port(), out), nprocs=2, join=True)
         results = dict(out)
     for rank in (0, 1):
         loss, grads, stats = results[rank]
