@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from bench.models.resize_op import resize_bilinear
+
 
 class ConvModule(nn.Sequential):
     """Conv (no bias: BN follows) + BatchNorm2d + ReLU, as mmcv's ConvModule with BN."""
@@ -24,6 +26,9 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
+    if x.device.type == "cpu" and torch.compiler.is_compiling():
+        # Compiled on the CPU: ATen's kernels as one opaque operator (see resize_op).
+        return resize_bilinear(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from bench.trackers import tracker_names
 
@@ -86,12 +87,28 @@ def compile_model(model: nn.Module) -> nn.Module:
     Shapes are static (``dynamic=False``): a training run keeps one batch shape, and a
     second shape (another batch size in the same process) gets its own static graph, not
     dynamo's automatic switch to symbolic shapes, whose kernels are slower on every step.
+
+    On the CPU the model's 4-D weights (convolutions) are first put in channels-last
+    order, in place: values and parameter objects are unchanged (the optimiser keeps
+    them), but inductor, which runs CPU convolutions channels-last, then no longer
+    converts every weight and weight gradient on every step, and the convolutions of a
+    UPerNet step run faster (``tests/benchmarks/test_bench_compile.py``). Bilinear
+    resizing in a CPU graph is ATen's kernel (:mod:`bench.models.resize_op`). A model
+    already wrapped in DDP keeps its layout: its gradient buckets were laid out for the
+    weights as they were, and DDP would copy every mismatched gradient (with a warning).
     """
+    if _on_cpu(model) and not isinstance(model, DistributedDataParallel):
+        model.to(memory_format=torch.channels_last)
     if COMPILE_BACKEND == "inductor":
         return torch.compile(
             model, backend="inductor", dynamic=False, options={"fallback_random": True}
         )
     return torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    first = next(model.parameters(), None)
+    return first is not None and first.device.type == "cpu"
 
 
 def make_accelerator(mixed_precision: str, log_dir: str | Path | None = None) -> Accelerator:
