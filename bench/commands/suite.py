@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.suites.load import ExecutorSpec, Suite, SuiteError, load_suite
+from bench.suites.spec import device_list
 
 # `unipbench run` exit status: 0 every run is done; 1 a run failed (whatever else);
 # 3 none failed but some are running in another process, so the results are incomplete.
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     paths = Paths.resolve(suite, args.store, args.workdir)
     progress = not args.no_progress
     flags = {"partition": args.partition, "gpus_per_node": args.gpus_per_node,
-             "nodes": args.nodes, "timeout_min": args.timeout_min}
+             "nodes": args.nodes, "timeout_min": args.timeout_min, "devices": args.devices}
     spec = ExecutorSpec.model_validate(  # validated like the suite's own section
         {**suite.spec.executor.model_dump(), **{k: v for k, v in flags.items() if v is not None}}
     )
@@ -169,6 +170,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=["inline", "local", "slurm"],
                    help="where runs execute (default: the suite's executor.kind, else inline)")
     p.add_argument("--workers", type=int, help="local executor: runs at a time")
+    p.add_argument("--devices", type=device_list, metavar="GPUS",
+                   help="local executor: GPUs the workers take in turn, e.g. 0,1,2,3 "
+                   "(default: every visible GPU; '' for the CPU only)")
     p.add_argument("--wait", action="store_true",
                    help="slurm: follow the jobs until they finish instead of returning")
     p.add_argument("--partition", help="slurm partition (overrides executor.partition)")

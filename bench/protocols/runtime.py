@@ -14,6 +14,7 @@ runs eagerly on CPU, where compilation costs more than it saves on short runs; `
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -141,7 +142,8 @@ def per_process_batch(global_batch: int, world_size: int, accum_steps: int) -> i
 
 
 def device_description(accelerator: Accelerator) -> dict:
-    """What the result records about where it ran."""
+    """What the result records about where it ran: the device, and the
+    ``CUDA_VISIBLE_DEVICES`` the process was given (which GPU of a shared machine)."""
     dev = accelerator.device
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     return {
@@ -149,4 +151,5 @@ def device_description(accelerator: Accelerator) -> dict:
         "name": name,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }

@@ -16,6 +16,7 @@ from typing import Any
 from bench.suites.load import ExecutorSpec
 from bench.suites.matrix import Run
 from bench.suites.runner import Paths, execute_run, failed_outcome
+from bench.suites.spec import device_list
 
 OnResult = Callable[[str, dict], None]
 POLL_S = 1.0
@@ -51,19 +52,61 @@ def _poll(jobs: dict[str, tuple[Run, Any]], paths: Paths, on_result: OnResult) -
         on_result(run_id, outcome)
 
 
+def visible_gpus() -> list[str]:
+    """This process's GPUs, as ``CUDA_VISIBLE_DEVICES`` names them (indices, UUIDs or MIG
+    ids), else as the indices CUDA counts; none on a machine without CUDA."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return device_list(env)
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def execute_on(devices: str, run: Run, store: str, workdir: str, threads: int) -> dict[str, Any]:
+    """A local worker: ``execute_run`` on the GPU(s) ``devices`` names ("" = none).
+
+    Set before the run first touches CUDA (a fresh worker process has not), so it sees
+    only its own device, whatever submitit's local controller exported."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    return execute_run(run, store, workdir, False, threads)
+
+
 class LocalExecutor:
     """Up to ``workers`` runs at a time, each in its own process (submitit's local cluster).
 
-    Each worker gets an equal share of this machine's cores for torch's threads.
+    Each worker gets an equal share of this machine's cores for torch's threads and, when
+    there are GPUs, one of them: worker slot ``i`` uses ``devices[i % len(devices)]``
+    (default: the GPUs this process sees), so 8 workers on 8 GPUs train one run per GPU,
+    and more workers than GPUs share them round-robin (said once, at the start).
     """
 
     name = "local"
 
     def __init__(self, workers: int = 2, timeout_min: int = 24 * 60,
-                 folder: str | Path | None = None) -> None:
+                 folder: str | Path | None = None,
+                 devices: list[str] | None = None) -> None:  # fmt: skip
         self.workers = max(1, workers)
         self.timeout_min = timeout_min
         self.folder = folder
+        self.devices = visible_gpus() if devices is None else list(devices)
+
+    def slot_devices(self) -> list[str]:
+        """The ``CUDA_VISIBLE_DEVICES`` of each worker slot ("" = the CPU)."""
+        if not self.devices:
+            return [""] * self.workers
+        return [self.devices[i % len(self.devices)] for i in range(self.workers)]
+
+    def describe(self) -> str:
+        """One line on how the workers map onto this machine's GPUs."""
+        slots = self.slot_devices()
+        if not self.devices:
+            return f"local: {self.workers} worker(s) on the CPU (no GPU visible)"
+        used = sorted(set(slots), key=slots.index)
+        line = f"local: {self.workers} worker(s) on GPU(s) {','.join(used)}"
+        if self.workers > len(self.devices):
+            line += f" ({self.workers} workers for {len(self.devices)} GPU(s): some share one)"
+        return line
 
     def run(self, runs: list[Run], paths: Paths, on_result: OnResult) -> list[str]:
         import submitit
@@ -72,18 +115,27 @@ class LocalExecutor:
         ex = submitit.AutoExecutor(folder=folder, cluster="local")
         ex.update_parameters(timeout_min=self.timeout_min)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
+        print(self.describe())
+        free = list(enumerate(self.slot_devices()))  # (slot, devices) not running a job
         pending = list(runs)
         running: dict[str, tuple[Run, Any]] = {}
+        slot_of: dict[str, tuple[int, str]] = {}
         ids: list[str] = []
         try:
             while pending or running:
-                while pending and len(running) < self.workers:
+                while pending and free:
                     run = pending.pop(0)
-                    job = ex.submit(execute_run, run, str(paths.store), str(paths.workdir),
-                                    False, threads)
+                    slot = free.pop(0)
+                    job = ex.submit(execute_on, slot[1], run, str(paths.store),
+                                    str(paths.workdir), threads)  # fmt: skip
                     running[run.run_id] = (run, job)
+                    slot_of[run.run_id] = slot
                     ids.append(str(job.job_id))
+                before = set(running)
                 _poll(running, paths, on_result)
+                for run_id in before - set(running):
+                    free.append(slot_of.pop(run_id))
+                free.sort()
                 if running:
                     time.sleep(POLL_S)
         except KeyboardInterrupt:
@@ -189,7 +241,7 @@ def make_executor(
     if kind == "inline":
         return InlineExecutor(progress=progress)
     if kind == "local":
-        return LocalExecutor(workers or spec.workers, spec.timeout_min, spec.folder)
+        return LocalExecutor(workers or spec.workers, spec.timeout_min, spec.folder, spec.devices)
     if kind == "slurm":
         return SlurmExecutor(spec, wait=wait, job_name=job_name)
     raise ValueError(f"unknown executor {kind!r}; use inline, local or slurm")

@@ -108,11 +108,21 @@ class DatasetSpec(_Spec):
     overrides: ProtocolOverrides = Field(default_factory=dict)
 
 
+def device_list(text: str) -> list[str]:
+    """``"0,1,2"`` -> ``["0", "1", "2"]`` (as ``CUDA_VISIBLE_DEVICES`` lists GPUs); ``""``
+    -> ``[]``, no GPU."""
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
 class ExecutorSpec(_Spec):
     """Where runs execute. Command-line flags override these."""
 
     kind: Literal["inline", "local", "slurm"] = "inline"
     workers: int = Field(2, gt=0, description="local: worker processes at a time.")
+    devices: list[str] | None = Field(
+        None, description="local: the GPUs workers take in turn, as CUDA_VISIBLE_DEVICES "
+        "names them (default: every GPU this process sees; [] = CPU only).",
+    )
     timeout_min: int = Field(24 * 60, gt=0, description="Wall-clock limit per run (minutes).")
     # slurm
     partition: str | None = None

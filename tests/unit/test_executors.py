@@ -145,3 +145,81 @@ def test_cli_flags_reach_the_sbatch_script(tmp_path: Path, fake_slurm: Path, cap
                  "--time=90"):
         assert f"#SBATCH {flag}" in text, flag
     assert main(["run", str(p), "--executor", "slurm", "--gpus-per-node", "-1"]) == 2
+
+
+class _DoneJob:
+    """A submitit job stand-in that has finished by the first poll."""
+
+    def __init__(self, job_id: int, run_id: str) -> None:
+        self.job_id = job_id
+        self.run_id = run_id
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> dict:
+        return {"run_id": self.run_id, "status": "done", "score": None, "seconds": 0.0}
+
+
+def test_local_workers_take_the_gpus_in_turn(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Slot i runs on devices[i % n]; a finished run's slot, GPU included, is reused."""
+    import submitit
+
+    submitted: list[tuple[str, str]] = []  # (CUDA_VISIBLE_DEVICES, run id)
+
+    class FakeLocal:
+        def __init__(self, folder: Path, cluster: str) -> None:
+            assert cluster == "local"
+
+        def update_parameters(self, **kwargs) -> None:
+            pass
+
+        def submit(self, fn, devices, run, store, workdir, threads):  # noqa: ANN001, ANN201
+            assert fn is executors.execute_on
+            submitted.append((devices, run.run_id))
+            return _DoneJob(len(submitted), run.run_id)
+
+    from bench.suites import executors
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeLocal)
+    models = [("mae", "T"), ("mae", "S"), ("mae", "B"), ("deit", "S"), ("deit", "B")]
+    five_models = "models: [" + ", ".join(f"{{adapter: {a}, size: {z}}}" for a, z in models) + "]"
+    text = SUITE.replace("kind: slurm", "kind: local").splitlines()
+    text[2] = five_models
+    _, runs, paths = suite_runs(tmp_path, "\n".join(text))
+    assert len({r.run_id for r in runs}) == 5
+    ex = LocalExecutor(workers=3, devices=["GPU-a", "GPU-b"])
+    seen: list[str] = []
+    ex.run(runs, paths, lambda run_id, outcome: seen.append(run_id))
+    assert [d for d, _ in submitted] == ["GPU-a", "GPU-b", "GPU-a", "GPU-a", "GPU-b"]
+    assert [r for _, r in submitted] == [r.run_id for r in runs]
+    assert len(seen) == 5
+    assert "3 worker(s) on GPU(s) GPU-a,GPU-b (3 workers for 2 GPU(s): some share one)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_local_workers_default_to_the_visible_gpus(monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert LocalExecutor(workers=4).slot_devices() == ["3", "5", "3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert LocalExecutor(workers=2).slot_devices() == ["", ""]
+    assert "on the CPU" in LocalExecutor(workers=2).describe()
+    # The suite's executor.devices, then the flag, choose instead.
+    spec = ExecutorSpec(kind="local", devices=["7"])
+    assert make_executor(None, spec, workers=2).slot_devices() == ["7", "7"]
+
+
+def test_a_local_worker_sees_only_its_gpu(monkeypatch) -> None:
+    from bench.suites import executors
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what submitit's controller exports
+    seen = {}
+
+    def fake_execute_run(run, store, workdir, progress, threads):  # noqa: ANN001, ANN202
+        seen.update(env=os.environ["CUDA_VISIBLE_DEVICES"], threads=threads, run=run)
+        return {"status": "done"}
+
+    monkeypatch.setattr(executors, "execute_run", fake_execute_run)
+    assert executors.execute_on("5", "RUN", "store", "work", 3) == {"status": "done"}
+    assert seen == {"env": "5", "threads": 3, "run": "RUN"}
