@@ -63,8 +63,11 @@ def lr_sweep_table(result: dict) -> list[str]:
     lines = ["  lr        head       mIoU (last)  mIoU (best)"]
     for r in result["lr_sweep"]:
         mark = "*" if r.get("reported", r["lr"] == reported) else " "
-        lines.append(f"{mark} {r['lr']:<9g} {r.get('head', ''):<10} "
-                     f"{r['last']['mIoU']:11.2f}  {r['best']['mIoU']:11.2f}")
+        if r.get("diverged_at") is not None:
+            numbers = f"diverged at iteration {r['diverged_at']}: dropped"
+        else:
+            numbers = f"{r['last']['mIoU']:11.2f}  {r['best']['mIoU']:11.2f}"
+        lines.append(f"{mark} {r['lr']:<9g} {r.get('head', ''):<10} {numbers}")
     why = {"paper_lr": "the settings' lr", "best_on_eval": "best final mIoU on "
            f"{result['dataset']['eval_split']}"}.get(rule, rule)
     head = f" ({result['reported_head']} head)" if "reported_head" in result else ""

@@ -52,9 +52,12 @@ FINE_TUNE = Protocol(
     order=0,
 )
 
+# 2.1: heads trained together (a cached-mode lr sweep) keep one fp16 loss scale each, as
+# the on-the-fly sweep's already did, so each equals its own run under fp16 too. A
+# one-head probe (the paper's) computes what 2.0 did; its id changes with the version.
 LINEAR_PROBE = Protocol(
     name="linear_probe",
-    version="2.0",
+    version="2.1",
     settings=LinearProbeSettings,
     run="bench.protocols.linear_probe:run",
     evaluated_model="bench.protocols.linear_probe:evaluated_model",
@@ -69,9 +72,12 @@ LINEAR_PROBE = Protocol(
     order=1,
 )
 
+# 2.1: one fp16 loss scale per block's head. The release trains each block's head in a
+# run of its own (configs/layerwise_linear_probing/*_one.py, one out_index each), so with
+# its own loss scale; 2.0's one shared scale let one head's overflow skip every head's step.
 LAYERWISE_PROBE = Protocol(
     name="layerwise_probe",
-    version="2.0",
+    version="2.1",
     settings=LayerwiseProbeSettings,
     run="bench.protocols.layerwise:run",
     evaluated_model="bench.protocols.layerwise:evaluated_model",

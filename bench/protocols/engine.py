@@ -33,7 +33,9 @@ from bench.protocols.runtime import compile_model, resolve_compile
 from bench.protocols.schedules import warmup_poly
 
 Batches = Callable[[int], Iterator[Any]]  # micro-batch index to start at -> stream
-StepFn = Callable[[nn.Module, Any], torch.Tensor]  # (training model, micro-batch) -> loss
+# (training model, micro-batch) -> loss, or (loss, its independent parts) for a model
+# whose loss is a sum of parts that may be dropped (a probe's heads: LossParts).
+StepFn = Callable[[nn.Module, Any], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 Evaluate = Callable[[], list[dict]]  # -> one metrics dict per head
 
 
@@ -45,6 +47,22 @@ class Evaluator(Protocol):
     """Evaluation inside the loop; its state is part of the checkpoint."""
 
     def __call__(self, iteration: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class LossParts(Protocol):
+    """A loss that is a sum of independent parts (heads trained together), some of which
+    may be dropped when they diverge; its state is part of the checkpoint.
+
+    Called after the step's backward, before the finite-loss check and the optimiser step,
+    with the parts of every micro-batch (accum x parts) and the step's losses (accum);
+    returns the losses to check and log (the parts still trained). Dropping a part means
+    its gradients are gone before the optimiser step."""
+
+    def __call__(self, parts: torch.Tensor, losses: torch.Tensor, it: int) -> torch.Tensor: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -140,6 +158,7 @@ class TrainingEngine:
         description: str = "train",
         on_step: Sequence[Callable[[StepEnd], None]] = (),
         on_log: Sequence[Callable[[LogRecord], None]] = (),
+        loss_parts: LossParts | None = None,
     ) -> None:
         if store is None and (loop.checkpoint_interval or loop.checkpoint_at_end):
             raise ValueError("checkpoints were asked for, but the engine has no state store")
@@ -158,6 +177,7 @@ class TrainingEngine:
         self.description = description
         self.on_step = list(on_step)
         self.on_log = list(on_log)
+        self.loss_parts = loss_parts
         self.saved_at: int | None = None  # iteration of the checkpoint on disk
 
     # ------------------------------------------------------------------ state
@@ -177,6 +197,7 @@ class TrainingEngine:
             "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             **(self.evaluator.state_dict() if self.evaluator is not None else {}),
+            **({"loss_parts": self.loss_parts.state_dict()} if self.loss_parts else {}),
             "train_loss": train_loss,
             "log_accum": (running, seen),
         }
@@ -189,6 +210,8 @@ class TrainingEngine:
             self.acc.scaler.load_state_dict(state["scaler"])
         if self.evaluator is not None:
             self.evaluator.load_state_dict(state)
+        if self.loss_parts is not None and "loss_parts" in state:
+            self.loss_parts.load_state_dict(state["loss_parts"])
         assert self.store is not None  # a saved state came from it
         self.store.restore_rng(state)
 
@@ -217,20 +240,24 @@ class TrainingEngine:
             )
 
     # ------------------------------------------------------------------ loop
-    def _micro_steps(self, stream: Iterator[Any]) -> torch.Tensor:
-        """Forward and backward of one step's micro-batches; their losses (detached)."""
+    def _micro_steps(self, stream: Iterator[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward of one step's micro-batches; their losses (detached), and
+        their loss parts (accum x parts) when the step function gives them."""
         accum = self.loop.accum_steps
-        losses = []
+        losses, parts = [], []
         for micro in range(accum):
             batch = next(stream)
             # Gradients are all-reduced once, on the last micro-batch.
             sync = nullcontext() if micro == accum - 1 else self.acc.no_sync(self.model)
             with sync:
                 with self.acc.autocast():
-                    loss = self.step(self.train_model, batch)
+                    out = self.step(self.train_model, batch)
+                loss, part = out if isinstance(out, tuple) else (out, None)
                 self.acc.backward(loss / accum)
             losses.append(loss.detach().float())
-        return torch.stack(losses)
+            if part is not None:
+                parts.append(part.detach().float())
+        return torch.stack(losses), (torch.stack(parts) if parts else None)
 
     def run(self) -> LoopOutcome:
         loop = self.loop
@@ -257,7 +284,9 @@ class TrainingEngine:
             bar.resumed(f"checkpoint {self.store.path}")
         for it in range(start, loop.iters):
             self.model.train()
-            losses = self._micro_steps(stream)
+            losses, parts = self._micro_steps(stream)
+            if self.loss_parts is not None and parts is not None:
+                losses = self.loss_parts(parts, losses, it)
             self._check_finite(losses, it)
             # The step's mean in the losses' own precision, fetched with them in one sync.
             *values, step_loss = torch.cat([losses, losses.sum().reshape(1) / accum]).tolist()
@@ -312,13 +341,26 @@ class TrainOutcome:
     """What a protocol's training hands back: per-head metrics of the last and best
     evaluations."""
 
-    last: list[dict]
-    best: list[dict]
+    last: list[dict | None]
+    best: list[dict | None]
     history: list[dict] = field(default_factory=list)
     train_loss: list[dict] = field(default_factory=list)
     iterations: int = 0
     resumed_from: int = 0
     train_time_s: float = 0.0
+    diverged: dict[int, int] = field(default_factory=dict)  # dropped head -> its step
+
+    def drop_heads(self, diverged: dict[int, int]) -> None:
+        """Heads dropped as diverged (head -> the step its loss went non-finite) have no
+        metrics: none last or best, and none in the history from that step on."""
+        self.diverged = dict(diverged)
+        for k, step in self.diverged.items():
+            self.last[k] = self.best[k] = None
+            for entry in self.history:
+                if entry["iteration"] >= step:
+                    for values in entry.values():
+                        if isinstance(values, list):
+                            values[k] = None
 
     def result(self, head: int = 0) -> dict[str, Any]:
         """The result fields for head ``head``: final, best and last metrics, history."""
@@ -387,13 +429,15 @@ class MetricEvaluation:
         self.best, self.history = list(state["best"]), list(state["history"])
 
 
-def segmentation_step(device: torch.device) -> StepFn:
-    """The protocols' step: the model's ``forward(img, label)`` returns its ``loss``."""
+def segmentation_step(device: torch.device, parts: bool = False) -> StepFn:
+    """The protocols' step: the model's ``forward(img, label)`` returns its ``loss``;
+    with ``parts``, also its ``per_head`` losses (for :class:`LossParts`)."""
 
-    def step(model: nn.Module, batch: dict) -> torch.Tensor:
+    def step(model: nn.Module, batch: dict) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         img = batch["img"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
-        return model(img, label)["loss"]
+        out = model(img, label)
+        return (out["loss"], out["per_head"]) if parts else out["loss"]
 
     return step
 
@@ -420,6 +464,7 @@ class Trainer:
         progress: bool = True,
         description: str = "train",
         primary: Metric = MIOU,
+        loss_parts: LossParts | None = None,
     ) -> None:
         s = settings
         assert s.iters is not None
@@ -437,8 +482,9 @@ class Trainer:
         )
         self.engine = TrainingEngine(
             accelerator, model, optimizer, scheduler, state_module, batches,
-            segmentation_step(accelerator.device), loop, checkpointer,
-            evaluator=self.evaluation, progress=progress, description=description,
+            segmentation_step(accelerator.device, parts=loss_parts is not None), loop,
+            checkpointer, evaluator=self.evaluation, progress=progress, description=description,
+            loss_parts=loss_parts,
         )  # fmt: skip
 
     def run(self) -> TrainOutcome:

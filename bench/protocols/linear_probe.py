@@ -43,11 +43,17 @@ class CachedFeatureHeads(nn.Module):
         self.ignore_index = ignore_index
         self.loss_norm = loss_norm
 
-    def forward(self, feats: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
+    def forward(
+        self,
+        feats: torch.Tensor,
+        label: torch.Tensor,
+        grad_scales: Sequence[torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
         maps = list(torch.split(feats, self.embed_dim, dim=1))
         size = (label.shape[-2], label.shape[-1])  # cached crops: image size = label size
         return probe_losses(
-            self.heads(maps), label, size, self.patch, self.ignore_index, self.loss_norm
+            self.heads(maps), label, size, self.patch, self.ignore_index, self.loss_norm,
+            grad_scales,
         )
 
 
@@ -65,21 +71,41 @@ def build_model(ctx: RunContext, kinds: Sequence[str], same_init: bool = False) 
     )
 
 
+def paper_head(s: LinearProbeSettings) -> int | None:
+    """The sweep's head that ``select: paper_lr`` reports (None under another rule)."""
+    if s.selection != "paper_lr":
+        return None
+    return s.sweep_grid.index((s.head, s.lr))  # the settings check that both are swept
+
+
+def sweep_names(s: LinearProbeSettings) -> list[str]:
+    """How progress lines name each head of the sweep."""
+    return [f"{kind} lr={lr:g}" for kind, lr in s.sweep_grid]
+
+
 def sweep_result(s: LinearProbeSettings, out: TrainOutcome) -> dict[str, Any]:
-    """The reported head's fields, which lr and rule chose it, and every head's numbers."""
+    """The reported head's fields, which lr and rule chose it, and every head's numbers
+    (a head dropped as diverged: the step it diverged at, no metrics)."""
     grid = s.sweep_grid
     rule = s.selection
-    if rule == "paper_lr":
-        pick = grid.index((s.head, s.lr))  # the settings check that both are swept
-    else:
-        pick = max(range(len(grid)), key=lambda k: out.last[k]["mIoU"])
-    sweep = [
-        {"lr": lr, "head": kind, "last": last, "best": best, "reported": k == pick}
-        for k, ((kind, lr), last, best) in enumerate(zip(grid, out.last, out.best,
-                                                         strict=True))
-    ]
+    pick = paper_head(s)
+    if pick is None:  # best_on_eval, among the heads that did not diverge
+        trained = [k for k in range(len(grid)) if out.last[k] is not None]
+        pick = max(trained, key=lambda k: out.last[k]["mIoU"])  # type: ignore[index]
+    sweep = []
+    for k, ((kind, lr), last, best) in enumerate(zip(grid, out.last, out.best, strict=True)):
+        row = {"lr": lr, "head": kind, "last": last, "best": best, "reported": k == pick}
+        if k in out.diverged:
+            row["diverged_at"] = out.diverged[k]
+        sweep.append(row)
     return {**out.result(pick), "reported_lr": grid[pick][1], "reported_head": grid[pick][0],
             "selected_by": rule, "lr_sweep": sweep}
+
+
+def _required(s: LinearProbeSettings) -> list[int]:
+    """Heads whose divergence stops the sweep: the reported one, which alone would."""
+    pick = paper_head(s)
+    return [] if pick is None else [pick]
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -96,7 +122,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if s.mode == "on_the_fly":
         probe = build_model(ctx, kinds, same_init=True)
         out = train_heads(ctx, probe, lrs, probe, ctx.train_stream(ctx.train_set()),
-                          f"linear probe sweep {name}", headwise_scaling=True)
+                          f"linear probe sweep {name}", sweep_names(s), _required(s))
         return {"mode": "on_the_fly", **sweep_result(s, out)}
     probe = build_model(ctx, kinds)
     cache = FeatureCache(ctx)
@@ -105,7 +131,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                       ctx.backbone.patch_size, ctx.info.ignore_index,
                                       s.loss_norm)
     out = train_heads(ctx, probe, lrs, trainer_view, cache.stream(ctx.micro_batch, ctx.seed),
-                      f"linear probe sweep {name}")
+                      f"linear probe sweep {name}", sweep_names(s), _required(s))
     return {"mode": "cached", **sweep_result(s, out), "cached_images": len(cache)}
 
 

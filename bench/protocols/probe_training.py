@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ from torch import nn
 from bench.models.probe import Probe, ProbeHeads
 from bench.protocols.context import RunContext
 from bench.protocols.engine import Trainer, TrainOutcome, build_scheduler
+from bench.protocols.head_retirement import HeadRetirement
 from bench.protocols.head_scaler import HeadwiseGradScaler
 from bench.protocols.optim import build_adamw, param_groups
 
@@ -34,16 +35,18 @@ def head_optimizer(
     return build_adamw(groups, lr=lrs[0], betas=s.betas)
 
 
-class HeadwiseScaledProbe(nn.Module):
-    """The probe's training view under fp16 with one loss scale per head."""
+class HeadwiseScaled(nn.Module):
+    """A probe's training view (the probe, or its heads on cached features) under fp16,
+    with one loss scale per head: ``forward(*inputs)`` is the view's with the scaler's
+    per-head scales."""
 
-    def __init__(self, probe: Probe, scaler: HeadwiseGradScaler) -> None:
+    def __init__(self, view: nn.Module, scaler: HeadwiseGradScaler) -> None:
         super().__init__()
-        self.probe = probe
+        self.view = view
         self.scaler = scaler
 
-    def forward(self, img: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
-        return self.probe(img, label, grad_scales=self.scaler.scales)
+    def forward(self, *inputs: torch.Tensor) -> dict[str, Any]:
+        return self.view(*inputs, grad_scales=self.scaler.scales)
 
 
 def train_heads(
@@ -53,29 +56,39 @@ def train_heads(
     train_model: nn.Module,
     stream: Callable[[int], Iterator[dict]],
     description: str,
-    headwise_scaling: bool = False,
+    droppable: Sequence[str] | None = None,
+    required: Collection[int] = (),
 ) -> TrainOutcome:
-    """Train ``probe.heads`` through ``train_model`` (the probe itself, or a wrapper fed
-    cached features); evaluate the full probe on the evaluation split.
+    """Train ``probe.heads`` through ``train_model`` (the probe itself, or a view fed
+    cached features, whose ``forward`` takes ``grad_scales``); evaluate the full probe on
+    the evaluation split.
 
-    ``headwise_scaling`` (``train_model`` must be ``probe``): with fp16 loss scaling, each
-    head gets its own scale, so one head's overflow neither skips another head's step nor
-    changes its scale (:mod:`bench.protocols.head_scaler`), as in a run of each head alone.
+    Under fp16 loss scaling, heads trained together get one scale each, so one head's
+    overflow neither skips another head's step nor changes its scale
+    (:mod:`bench.protocols.head_scaler`), as in a run of each head alone.
+
+    ``droppable`` (a name per head): a head whose loss diverges is dropped and the others
+    train on (:mod:`bench.protocols.head_retirement`), except the heads in ``required``;
+    the outcome's ``diverged`` says which, and when. Without it, any divergence stops the
+    run.
     """
     acc = ctx.accelerator
     optimizer = head_optimizer(probe.heads, lrs, ctx)
     scheduler = build_scheduler(optimizer, ctx.settings)
     probe.to(acc.device)
     train_model.to(acc.device)
-    if headwise_scaling and acc.scaler is not None and probe.num_heads > 1:
-        if train_model is not probe:
-            raise ValueError("headwise loss scaling trains the probe itself")
+    if acc.scaler is not None and probe.num_heads > 1:
         # The accelerator's backward and its prepared optimiser use acc.scaler: replace it
         # before prepare() so both see the per-head one (and the checkpoint saves it).
         acc.scaler = HeadwiseGradScaler.like(acc.scaler, probe.heads.heads, acc.device)
-        train_model = HeadwiseScaledProbe(probe, acc.scaler)
+        train_model = HeadwiseScaled(train_model, acc.scaler)
     prepared, optimizer = acc.prepare(train_model, optimizer)
     eval_set = ctx.eval_set()
+    retirement = (
+        HeadRetirement(acc, probe.heads.heads, droppable, required)
+        if droppable is not None and probe.num_heads > 1
+        else None
+    )
 
     def evaluate() -> list[dict]:
         probe.eval()
@@ -84,6 +97,9 @@ def train_heads(
     trainer = Trainer(
         acc, prepared, optimizer, scheduler, probe.heads, stream, evaluate, ctx.settings,
         ctx.checkpointer(), num_heads=probe.num_heads, progress=ctx.progress,
-        description=description, primary=ctx.primary,
+        description=description, primary=ctx.primary, loss_parts=retirement,
     )
-    return trainer.run()
+    out = trainer.run()
+    if retirement is not None:
+        out.drop_heads(retirement.diverged)
+    return out

@@ -35,7 +35,7 @@ EVA = "eva02_tiny_patch14_224"
 
 SUITE = """\
 suite: plugins
-protocol_versions: {{knn_probe: "1.0", linear_probe: "2.0"}}
+protocol_versions: {{knn_probe: "1.0", linear_probe: "2.1"}}
 datasets:
   # 56 x 42 images; resized into (56, 28) for evaluation: 37 x 28, padded to a patch multiple
   - {{name: soda, root: {root}/data/soda, synthetic: {{train: 4, test: 2, size: 42, seed: 0}}}}
@@ -152,7 +152,7 @@ def test_every_run_finishes_with_its_protocols_fields(suite_run) -> None:
     runs = _by(records)
     assert set(runs) == {(a, p) for a in ("dinov2", "timm") for p in ("knn_probe", "linear_probe")}
     for (adapter, protocol), r in runs.items():
-        assert r.protocol_version == {"knn_probe": "1.0", "linear_probe": "2.0"}[protocol]
+        assert r.protocol_version == {"knn_probe": "1.0", "linear_probe": "2.1"}[protocol]
         file = suite_run["files"]["dinov2" if adapter == "dinov2" else "eva"]
         assert not r.random_init
         assert r.checkpoint_sha256 == hashlib.sha256(file.read_bytes()).hexdigest()
@@ -203,7 +203,7 @@ def test_table_has_a_knn_and_an_lp_group_for_both_models(suite_run) -> None:
         # GFLOPs: the first declared protocol with a count (LP), backbone + 1x1 head.
         gflops = rows[label][header.index("GFLOPs")]
         assert float(gflops) == round(runs[adapter, "linear_probe"].flops.total_gmacs, 2)
-    assert "protocol versions: LP 2.0; kNN 1.0" in out
+    assert "protocol versions: LP 2.1; kNN 1.0" in out
 
 
 def test_a_second_run_reuses_every_result(suite_run, monkeypatch) -> None:

@@ -89,7 +89,7 @@ def test_changed_dataset_root_is_a_new_run_that_says_what_changed(tmp_path: Path
     assert lines[1] == (
         f"  reusing mae-T/soda/linear_probe/s0 ({run_a.run_id}): done {rec.timestamp}, "
         f"mIoU {rec.metrics['mIoU']:.2f}; matched on random init, data train "
-        f"{content['train'][:12]}, test {content['test'][:12]}, protocol 2.0, seed 0, settings"
+        f"{content['train'][:12]}, test {content['test'][:12]}, protocol 2.1, seed 0, settings"
     )
     assert len(read_records(paths.store)) == 2
 
@@ -128,7 +128,7 @@ def test_train_checks_data_and_checkpoint_before_reusing(tmp_path: Path, capsys)
     content = data_content("soda", a, ["train", "test"])
     assert again.err.strip() == (
         f"reusing the finished run in {wd} (matched on weights {sha256_file(ckpt)[:12]}, "
-        f"data train {content['train'][:12]}, test {content['test'][:12]}, protocol 2.0, "
+        f"data train {content['train'][:12]}, test {content['test'][:12]}, protocol 2.1, "
         "seed 0, settings)"
     )
     assert again.out == first.out

@@ -11,6 +11,7 @@ from bench.suites.runner import Paths
 TINY = """\
 suite: tiny
 protocol_version: "2.0"
+protocol_versions: {{linear_probe: "2.1", layerwise_probe: "2.1"}}
 datasets:
   - {{name: soda, root: {root}, synthetic: {{train: 4, test: 2, size: 32, seed: 0}}}}
 models:

@@ -131,7 +131,7 @@ def test_suite_sizes_are_checked_against_the_models_adapter(tmp_path) -> None:
 
     path = tmp_path / "suite.yaml"
     path.write_text(
-        'suite: sizes\nprotocol_version: "2.0"\n'
+        'suite: sizes\nprotocol_version: "2.1"\n'
         "models:\n  - {adapter: dinov2, size: g}\n  - {adapter: unip, size: L}\n"
         "datasets:\n  - {name: soda, root: data/soda}\nprotocols:\n  linear_probe:\n"
     )

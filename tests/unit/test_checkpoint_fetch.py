@@ -323,7 +323,7 @@ def test_byte_progress_off_a_terminal_prints_plain_lines() -> None:
 
 SUITE = """\
 suite: ids
-protocol_version: "2.0"
+protocol_version: "2.1"
 models:
   - {{adapter: {adapter}, size: T, checkpoint: {ckpt}, options: {{depth: 2}}}}
 datasets:

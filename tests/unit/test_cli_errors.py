@@ -100,7 +100,7 @@ def test_unwritable_workdir_fails_before_training(
 def _suite(tmp_path: Path, root: Path) -> Path:
     p = tmp_path / "s.yaml"
     p.write_text(
-        'suite: s\nprotocol_version: "2.0"\n'
+        'suite: s\nprotocol_version: "2.1"\n'
         f"datasets: [{{name: soda, root: {root}}}]\n"
         "models: [{adapter: mae, size: T, options: {depth: 1}}]\n"
         "protocols: {linear_probe: {iters: 1, warmup_iters: 0, crop_size: 32, "

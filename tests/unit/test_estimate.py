@@ -70,7 +70,7 @@ def test_sliding_windows_as_mmseg() -> None:
 def test_tiny_suite_end_to_end(tmp_path) -> None:
     suite = tmp_path / "tiny.yaml"
     suite.write_text(
-        "suite: tiny\nprotocol_version: '2.0'\n"
+        "suite: tiny\nprotocol_version: '2.1'\n"
         "datasets:\n  - {name: soda, root: data/SODA}\n  - {name: mfnet_thermal, root: d}\n"
         "models:\n  - {adapter: mae, size: T}\n  - {adapter: deit, size: T}\n"
         "protocols:\n  linear_probe: {crop_size: 32, slide_crop: 32, slide_stride: 21,"

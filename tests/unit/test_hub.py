@@ -292,7 +292,7 @@ def test_export_folder_downloads_config_and_weights(online: Path, tmp_path: Path
 # ------------------------------------------------------------------ suites and run ids
 SUITE = """\
 suite: hub
-protocol_version: "2.0"
+protocol_version: "2.1"
 models:
   - {adapter: mae, size: T, checkpoint: "CKPT", options: {depth: 2}}
 datasets:

@@ -189,8 +189,9 @@ def test_distill_yaml_no_is_the_choice_no() -> None:
 
 # ---------------------------------------------------------------- version
 def test_protocol_version_is_bumped_and_suites_follow() -> None:
-    for name in ("fine_tune", "linear_probe", "layerwise_probe"):
-        assert get_protocol(name).version == "2.0"
+    expected = {"fine_tune": "2.0", "linear_probe": "2.1", "layerwise_probe": "2.1"}
+    for name, version in expected.items():
+        assert get_protocol(name).version == version
     for path in SUITES.rglob("*.yaml"):
         data = yaml.safe_load(path.read_text()) or {}
         stated = data.get("protocol_versions") or {}

@@ -140,7 +140,7 @@ def test_run_protocol_runs_it_and_keeps_its_own_fields(mean_colour, soda, tmp_pa
 SUITE = """\
 suite: plug
 protocol_version: "2.0"
-protocol_versions: {{mean_colour: "0.1"}}
+protocol_versions: {{mean_colour: "0.1", linear_probe: "2.1"}}
 datasets:
   - {{name: soda, root: {root}}}
 models:
@@ -188,7 +188,7 @@ def test_suite_store_tables_and_plots(mean_colour, soda, tmp_path) -> None:
     assert [c.title for c in board.columns] == ["LP soda", "MC soda", "GFLOPs", "Params (M)"]
     md = render(board, "md")
     assert "- LP mIoU (%); MC pixel error (%), seed 0" in md
-    assert "protocol versions: LP 2.0; MC 0.1" in md
+    assert "protocol versions: LP 2.1; MC 0.1" in md
     # The cost column is the first declared protocol's with a count: linear probing.
     assert "decode head of the LP model" in md
 

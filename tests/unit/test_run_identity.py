@@ -19,7 +19,7 @@ from bench.suites.matrix import expand
 
 SUITE = """\
 suite: ident
-protocol_version: "2.0"
+protocol_version: "2.1"
 models:
   - {{adapter: mae, size: T, options: {{depth: 2}}}}
 datasets:
@@ -128,7 +128,7 @@ def test_identity_says_what_it_matched_on_and_what_changed(tmp_path: Path) -> No
     assert run_a.identity["dataset"]["content"] == content_a
     line = matched_on(run_a.identity)
     assert line.startswith("random init, data train " + content_a["train"][:12])
-    assert "protocol 2.0" in line and "seed 0" in line
+    assert "protocol 2.1" in line and "seed 0" in line
     diff = differences(run_a.identity, run_b.identity)
     assert [d.split(":")[0] for d in diff] == ["dataset.content.test", "dataset.content.train"]
     assert diff[1] == (f"dataset.content.train: {content_a['train'][:12]} -> "

@@ -1,5 +1,6 @@
 """Run ids of the built-in protocols are those the code made before protocols declared
-their own versions: a store of finished runs stays reused.
+their own versions: a store of finished runs stays reused, except where a protocol's
+version moved since (the probes' 2.1), which changes only that protocol's ids.
 
 tests/golden/store/schema1-tiny.jsonl was written by that code for the suite below
 (synthetic data from a fixed seed): expanding the same suite now must give the same ids.
@@ -50,16 +51,25 @@ def test_builtin_run_ids_are_unchanged(tmp_path: Path) -> None:
     for rec in stored:
         assert run_id_of(rec["config"]["identity"]) == rec["run_id"]
         assert rec["config"]["identity"]["protocol_version"] == "2.0"
+    # ... the probes are at 2.1 now (per-head fp16 loss scaling), fine-tuning still 2.0.
+    text = TINY.replace('protocol_version: "2.0"\n', 'protocol_version: "2.0"\n'
+                        'protocol_versions: {{linear_probe: "2.1", layerwise_probe: "2.1"}}\n')
     path = tmp_path / "tiny.yaml"
-    path.write_text(textwrap.dedent(TINY.format(root=tmp_path / "data" / "soda")))
+    path.write_text(textwrap.dedent(text.format(root=tmp_path / "data" / "soda")))
     suite = load_suite(path)
     prepare_datasets(expand(suite, data=False), log=lambda _m: None)
     runs = expand(suite)
-    # ... and the same suite on the same data gives them again. The broken model's
+    # The same suite on the same data gives fine-tuning's ids again. The broken model's
     # checkpoint path differs (its identity names the missing path), so only the runs
     # of the model without a checkpoint are compared.
-    mine = [r for r in runs if r.checkpoint is None]
-    theirs = [rec for rec in stored if rec["checkpoint"] is None]
-    assert [(r.protocol, r.run_id) for r in mine] == [
-        (rec["protocol"], rec["run_id"]) for rec in theirs]
-    assert {r.protocol_version for r in runs} == {"2.0"}
+    mine = {r.protocol: r for r in runs if r.checkpoint is None}
+    theirs = {rec["protocol"]: rec for rec in stored if rec["checkpoint"] is None}
+    assert mine.keys() == theirs.keys() == {"fine_tune", "linear_probe", "layerwise_probe"}
+    assert mine["fine_tune"].run_id == theirs["fine_tune"]["run_id"]
+    # A probe's identity is its 2.0 identity with the new version, so its id is new:
+    # 2.0 results are not reused as 2.1 ones.
+    for name in ("linear_probe", "layerwise_probe"):
+        old = theirs[name]["config"]["identity"]
+        assert mine[name].identity == {**old, "protocol_version": "2.1"}
+        assert mine[name].run_id != theirs[name]["run_id"]
+    assert {r.protocol_version for r in runs if r.protocol != "fine_tune"} == {"2.1"}

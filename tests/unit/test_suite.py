@@ -9,9 +9,11 @@ import pytest
 
 from bench.suites.load import SuiteError, load_suite
 
+# Fine-tuning is at 2.0, linear probing at 2.1: one line states both.
+VERSIONS = 'protocol_versions: {fine_tune: "2.0", linear_probe: "2.1"}'
 VALID = """\
 suite: unit
-protocol_version: "2.0"
+protocol_versions: {fine_tune: "2.0", linear_probe: "2.1"}
 models:
   - {adapter: mae, size: T}
   - adapter: unip
@@ -78,7 +80,7 @@ def test_duplicate_key_is_an_error(tmp_path: Path) -> None:
          "Did you mean 'iters'?"),
         ("    size: T", "    size: XL", 6, "models[1].size: unknown ViT size 'XL'"),
         ("seeds: [0, 1]", "seeds: [zero]", 14, "seeds[0]: Input should be a valid integer"),
-        ('protocol_version: "2.0"', 'protocol_version: "0.9"', 2,
+        (VERSIONS, 'protocol_version: "0.9"', 2,
          "protocol_version: the suite was written for protocol version '0.9'"),
     ],
 )
@@ -245,17 +247,17 @@ def test_misspelt_choice_gets_a_suggestion(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "line", "expected"),
     [
-        ('protocol_version: "2.0"', "description: no version", 12,
+        (VERSIONS, "description: no version", 12,
          "protocols.fine_tune: no version stated for protocol fine_tune; add "
          'protocol_version: "2.0"'),
-        ('protocol_version: "2.0"', 'protocol_versions: {fine_tun: "2.0"}', 2,
+        (VERSIONS, 'protocol_versions: {fine_tun: "2.0"}', 2,
          "protocol_versions.fine_tun: unknown protocol 'fine_tun'"),
-        ('protocol_version: "2.0"', 'protocol_versions: {ft: "2.0"}', 2,
+        (VERSIONS, 'protocol_versions: {ft: "2.0"}', 2,
          "protocol_versions.ft: write the protocol as 'fine_tune'"),
-        ('protocol_version: "2.0"',
+        (VERSIONS,
          'protocol_version: "2.0"\nprotocol_versions: {linear_probe: "1.0"}', 3,
          "protocol_versions.linear_probe: the suite was written for linear_probe version "
-         "'1.0', this unip-bench implements '2.0'"),
+         "'1.0', this unip-bench implements '2.1'"),
     ],
 )
 def test_protocol_version_problems_name_the_key(
@@ -267,10 +269,9 @@ def test_protocol_version_problems_name_the_key(
 
 
 def test_per_protocol_versions_replace_or_refine_the_shared_one(tmp_path: Path) -> None:
-    both = 'protocol_versions: {fine_tune: "2.0", linear_probe: "2.0"}'
-    suite = load_suite(write(tmp_path, VALID.replace('protocol_version: "2.0"', both)))
+    suite = load_suite(write(tmp_path, VALID))  # both named in protocol_versions
     assert suite.spec.protocol_version is None
-    assert suite.spec.protocol_versions == {"fine_tune": "2.0", "linear_probe": "2.0"}
+    assert suite.spec.protocol_versions == {"fine_tune": "2.0", "linear_probe": "2.1"}
     # One protocol named, the others through protocol_version.
-    mixed = 'protocol_version: "2.0"\nprotocol_versions: {fine_tune: "2.0"}'
-    assert load_suite(write(tmp_path, VALID.replace('protocol_version: "2.0"', mixed)))
+    mixed = 'protocol_version: "2.0"\nprotocol_versions: {linear_probe: "2.1"}'
+    assert load_suite(write(tmp_path, VALID.replace(VERSIONS, mixed)))

@@ -14,7 +14,7 @@ from bench.suites.matrix import expand
 
 SUITE = """\
 suite: {name}
-protocol_version: "2.0"
+protocol_versions: {{fine_tune: "2.0", linear_probe: "2.1"}}
 models:
   - {{adapter: mae, size: T{ckpt}}}
   - {{adapter: deit, size: S, name: {label}}}
@@ -79,11 +79,11 @@ def test_bumping_one_protocols_version_changes_only_its_run_ids(tmp_path: Path) 
     register_protocol(replace(original, version="9.9"), overwrite=True)
     try:
         p = suite_file(tmp_path)
-        with pytest.raises(SuiteError, match="implements fine_tune '9.9'"):
+        with pytest.raises(SuiteError, match="fine_tune version '2.0', this .* implements '9.9'"):
             load_suite(p)
         p.write_text(p.read_text().replace(
-            'protocol_version: "2.0"',
-            'protocol_versions: {fine_tune: "9.9", linear_probe: "2.0"}'))
+            'protocol_versions: {fine_tune: "2.0", linear_probe: "2.1"}',
+            'protocol_versions: {fine_tune: "9.9", linear_probe: "2.1"}'))
         bumped = expand(load_suite(p))
     finally:
         register_protocol(original, overwrite=True)
@@ -92,7 +92,7 @@ def test_bumping_one_protocols_version_changes_only_its_run_ids(tmp_path: Path) 
         if old.protocol == "fine_tune":
             assert new.run_id != old.run_id and new.protocol_version == "9.9"
         else:
-            assert new.run_id == old.run_id and new.protocol_version == "2.0"
+            assert new.run_id == old.run_id and new.protocol_version == "2.1"
 
 
 def test_ids_ignore_what_a_run_keeps_on_disk(tmp_path: Path) -> None:
