@@ -43,6 +43,24 @@ def dataset(root: Path) -> dict:
     return {"name": "soda", "root": str(root)}
 
 
+def give_accelerators_a_grad_scaler(monkeypatch: Any) -> None:
+    """fp16's loss scaling on the CPU: every run's accelerator gets torch's GradScaler
+    (what fp16 on CUDA gives it), started near fp32's limit so that it grows and
+    overflows within a few steps."""
+    import torch
+
+    import bench.protocols.runner as runner
+
+    real = runner.make_accelerator
+
+    def with_scaler(mixed_precision: str, log_dir: Any = None) -> Any:
+        acc = real(mixed_precision, log_dir)
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**118, growth_interval=1)
+        return acc
+
+    monkeypatch.setattr(runner, "make_accelerator", with_scaler)
+
+
 def main(argv: list[str]) -> int:
     protocol, workdir, root, overrides = argv[0], argv[1], argv[2], json.loads(argv[3])
     # One thread: the bit-identity checks compare runs made in different processes.

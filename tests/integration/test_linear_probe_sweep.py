@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from protocol_job import MODEL, TINY, dataset, make_soda
+from protocol_job import MODEL, TINY, dataset, give_accelerators_a_grad_scaler, make_soda
 from safetensors.torch import load_file
 from single_thread import one_thread
 
@@ -126,16 +126,7 @@ def test_loss_scaled_sweep_gives_each_head_its_own_scale(soda, tmp_path, monkeyp
     """fp16's GradScaler, on CPU: the accelerator gets torch's scaler (what fp16 on CUDA
     gives it); a single run keeps it, a sweep swaps in one scale per head. The scale is
     set near fp32's limit so that it grows and backs off within a few steps."""
-    import bench.protocols.runner as runner
-
-    real = runner.make_accelerator
-
-    def with_scaler(mixed_precision, log_dir=None):
-        acc = real(mixed_precision, log_dir)
-        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**118, growth_interval=1)
-        return acc
-
-    monkeypatch.setattr(runner, "make_accelerator", with_scaler)
+    give_accelerators_a_grad_scaler(monkeypatch)
     settings = {**TINY, "iters": 6, "checkpoint_interval": 6, "keep_training_state": True}
     lrs = [1e-4, 1e-2]
     run_protocol("linear_probe", MODEL, dataset(soda), {**settings, "sweep": True,
@@ -162,17 +153,9 @@ class _Killed(Exception):
 def test_loss_scaled_sweep_resumes_bit_identically(soda, tmp_path, monkeypatch):
     """The per-head scales are part of the resumable state: a run stopped right after its
     step-3 checkpoint and rerun ends exactly as an uninterrupted one."""
-    import bench.protocols.runner as runner
     from bench.protocols.checkpointing import Checkpointer
 
-    real = runner.make_accelerator
-
-    def with_scaler(mixed_precision, log_dir=None):
-        acc = real(mixed_precision, log_dir)
-        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**118, growth_interval=1)
-        return acc
-
-    monkeypatch.setattr(runner, "make_accelerator", with_scaler)
+    give_accelerators_a_grad_scaler(monkeypatch)
     settings = {**TINY, "iters": 6, "checkpoint_interval": 3, "eval_interval": 3,
                 "sweep": True, "sweep_lrs": [1e-4, 1e-3, 1e-2], "log_interval": 1,
                 "keep_training_state": True}

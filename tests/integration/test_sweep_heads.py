@@ -21,7 +21,7 @@ import json
 
 import pytest
 import torch
-from protocol_job import MODEL, TINY, dataset, make_soda
+from protocol_job import MODEL, TINY, dataset, give_accelerators_a_grad_scaler, make_soda
 from safetensors.torch import load_file
 from single_thread import one_thread
 
@@ -42,16 +42,7 @@ def soda(tmp_path_factory):
 
 @pytest.fixture
 def fp16_scaler(monkeypatch):
-    import bench.protocols.runner as runner
-
-    real = runner.make_accelerator
-
-    def with_scaler(mixed_precision, log_dir=None):
-        acc = real(mixed_precision, log_dir)
-        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**118, growth_interval=1)
-        return acc
-
-    monkeypatch.setattr(runner, "make_accelerator", with_scaler)
+    give_accelerators_a_grad_scaler(monkeypatch)
 
 
 @pytest.fixture

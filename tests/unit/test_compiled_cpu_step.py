@@ -10,12 +10,12 @@ channels-last order in place. Neither may change a number: the operator must equ
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from single_thread import one_thread
 from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
@@ -31,12 +31,7 @@ LAYOUTS = [torch.contiguous_format, torch.channels_last]
 SIZES = [((5, 7), (16, 12)), ((16, 12), (5, 7)), ((8, 8), (32, 32))]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def _map(hw: tuple[int, int], fmt: torch.memory_format, seed: int = 0) -> torch.Tensor:
