@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,25 @@ def give_accelerators_a_grad_scaler(monkeypatch: Any) -> None:
         return acc
 
     monkeypatch.setattr(runner, "make_accelerator", with_scaler)
+
+
+class Killed(Exception):
+    """Stands for a kill right after a checkpoint was written."""
+
+
+def die_after_next_checkpoint(monkeypatch: Any) -> Callable[[], None]:
+    """The next checkpoint is written, then the run stops (raises :class:`Killed`), as a
+    kill right after it would; returns what puts plain saving back."""
+    from bench.protocols.checkpointing import Checkpointer
+
+    real_save = Checkpointer.save
+
+    def save_then_die(self: Checkpointer, iteration: int, state: dict) -> None:
+        real_save(self, iteration, state)
+        raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    return lambda: monkeypatch.setattr(Checkpointer, "save", real_save)
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,15 @@ import math
 
 import pytest
 import torch
-from protocol_job import MODEL, TINY, dataset, give_accelerators_a_grad_scaler, make_soda
+from protocol_job import (
+    MODEL,
+    TINY,
+    Killed,
+    dataset,
+    die_after_next_checkpoint,
+    give_accelerators_a_grad_scaler,
+    make_soda,
+)
 from safetensors.torch import load_file
 from single_thread import one_thread
 
@@ -146,15 +154,9 @@ def test_loss_scaled_sweep_gives_each_head_its_own_scale(soda, tmp_path, monkeyp
     assert swept["scaler"]["scales"][0] != 2.0**118
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_loss_scaled_sweep_resumes_bit_identically(soda, tmp_path, monkeypatch):
     """The per-head scales are part of the resumable state: a run stopped right after its
     step-3 checkpoint and rerun ends exactly as an uninterrupted one."""
-    from bench.protocols.checkpointing import Checkpointer
-
     give_accelerators_a_grad_scaler(monkeypatch)
     settings = {**TINY, "iters": 6, "checkpoint_interval": 3, "eval_interval": 3,
                 "sweep": True, "sweep_lrs": [1e-4, 1e-3, 1e-2], "log_interval": 1,
@@ -162,17 +164,11 @@ def test_loss_scaled_sweep_resumes_bit_identically(soda, tmp_path, monkeypatch):
     straight = run_protocol("linear_probe", MODEL, dataset(soda), settings,
                             tmp_path / "straight", progress=False)
 
-    real_save = Checkpointer.save
-
-    def save_then_die(self, iteration, state):
-        real_save(self, iteration, state)
-        raise _Killed
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
-    with pytest.raises(_Killed):
+    save_normally = die_after_next_checkpoint(monkeypatch)
+    with pytest.raises(Killed):
         run_protocol("linear_probe", MODEL, dataset(soda), settings, tmp_path / "resumed",
                      progress=False)
-    monkeypatch.setattr(Checkpointer, "save", real_save)
+    save_normally()
     saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert saved["iteration"] == 3 and len(saved["scaler"]["scales"]) == 3
     resumed = run_protocol("linear_probe", MODEL, dataset(soda), settings,

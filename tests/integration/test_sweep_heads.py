@@ -21,7 +21,15 @@ import json
 
 import pytest
 import torch
-from protocol_job import MODEL, TINY, dataset, give_accelerators_a_grad_scaler, make_soda
+from protocol_job import (
+    MODEL,
+    TINY,
+    Killed,
+    dataset,
+    die_after_next_checkpoint,
+    give_accelerators_a_grad_scaler,
+    make_soda,
+)
 from safetensors.torch import load_file
 from single_thread import one_thread
 
@@ -163,31 +171,19 @@ def test_best_on_eval_picks_among_the_heads_that_did_not_diverge(soda, tmp_path,
     assert r["reported_lr"] in LRS[1:]
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_dropped_head_stays_dropped_across_a_resume(soda, tmp_path, poison, monkeypatch):
-    from bench.protocols.checkpointing import Checkpointer
-
     settings = {**SWEEP, "checkpoint_interval": 4, "keep_training_state": True}
     poison(2)
     straight = run_protocol("linear_probe", MODEL, dataset(soda), settings,
                             tmp_path / "straight", progress=False)
-    real_save = Checkpointer.save
-
-    def save_then_die(self, iteration, state):
-        real_save(self, iteration, state)
-        raise _Killed
-
     poison(2)  # a fresh count of steps for the next run
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
-    with pytest.raises(_Killed):
+    save_normally = die_after_next_checkpoint(monkeypatch)
+    with pytest.raises(Killed):
         run_protocol("linear_probe", MODEL, dataset(soda), settings, tmp_path / "resumed",
                      progress=False)
     saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert saved["iteration"] == 4 and saved["loss_parts"] == {"diverged": {"2": 3}}
-    monkeypatch.setattr(Checkpointer, "save", real_save)
+    save_normally()
     resumed = run_protocol("linear_probe", MODEL, dataset(soda), settings,
                            tmp_path / "resumed", progress=False)
     assert resumed["resumed_from"] == 4
