@@ -197,7 +197,7 @@ class TrainingEngine:
             "scheduler": self.scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             **(self.evaluator.state_dict() if self.evaluator is not None else {}),
-            **({"loss_parts": self.loss_parts.state_dict()} if self.loss_parts else {}),
+            **({"loss_parts": self.loss_parts.state_dict()} if self.loss_parts is not None else {}),
             "train_loss": train_loss,
             "log_accum": (running, seen),
         }
